@@ -1,0 +1,2 @@
+"""Shared mechanics for every topic: config, seeding, distributed setup, run logging,
+checkpoints, plots and performance counters. Imports no topic package."""
