@@ -6,6 +6,7 @@ time out after `timeout_s`, so a rank that dies makes the others fail instead of
 """
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -72,7 +73,11 @@ def setup_distributed(device_request: str, timeout_s: int = 300) -> DistInfo:
 
 
 def teardown_distributed() -> None:
+    """Leave the process group; call it after the DDP-wrapped model is out of scope."""
     if dist.is_available() and dist.is_initialized():
+        # DDP sits in reference cycles, so only the cycle collector frees it. Freed after the group is
+        # destroyed, its reducer aborts the process with 'terminate called without an active exception'.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -288,7 +288,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         rng_states = ckpt["rng_states"]
         if len(rng_states) == info.world_size:
             restore_rng_state(rng_states[info.rank])
-        else:
+        elif info.is_main:
             log.warning(f"warning: checkpoint has RNG states of {len(rng_states)} ranks, this job has "
                         f"{info.world_size}; random streams restart from the seed")
         step, best_val_acc, best_step = ckpt["step"], ckpt["best_val_acc"], ckpt["best_step"]
@@ -306,7 +306,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         if keep_rows is None:
             write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         metrics = MetricsWriter(run_dir / "metrics.csv", METRIC_COLUMNS, keep_rows=keep_rows)
-    if changed:
+    if changed and info.is_main:
         log.warning(f"warning: resuming with changed config keys {', '.join(changed)}")
 
     model = raw_model
@@ -319,6 +319,9 @@ def train(cfg: Config, info: DistInfo) -> dict:
         data["train"], batch_sampler=sampler, num_workers=cfg.system.num_workers,
         collate_fn=identity_collate, persistent_workers=cfg.system.num_workers > 0,
         pin_memory=info.device.type == "cuda",
+        # Its own generator: a DataLoader iterator otherwise draws a worker seed from the global RNG at
+        # every epoch start, and a resumed run would then see different dropout masks.
+        generator=torch.Generator().manual_seed(cfg.run.seed),
     )
 
     log.info(f"run dir {run_dir}")
@@ -454,6 +457,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         write_json_atomic(run_dir / "summary.json", summary)
         plot_run(run_dir / "metrics.csv", run_dir / "plots", title=cfg.run.name)
         log.info(f"done in {train_time_s:.1f} s of training | summary {run_dir / 'summary.json'}")
+    barrier(info)  # no rank tears down the group while a peer still waits in a collective
     return {"summary": summary, "run_dir": run_dir, "model": raw_model, "fingerprints": fingerprints}
 
 
