@@ -184,7 +184,8 @@ def format_help(cfg_cls: type, prog: str, description: str) -> str:
             help_text = f.metadata.get("help", "")
             if choices:
                 help_text += f" (one of: {', '.join(map(str, choices))})"
-            lines.append(f"  --{section_field.name}.{f.name} {tp.upper():6s} default {default!r}")
+            option = f"--{section_field.name}.{f.name} {tp.upper()}"
+            lines.append(f"  {option:34s} default {default!r}")
             if help_text:
                 lines.append(f"        {help_text}")
     return "\n".join(lines) + "\n"

@@ -178,3 +178,14 @@ def test_batch_is_normalised(mnist_dir, tmp_path):
     assert abs(x.mean().item()) < 1e-4
     assert abs(x.std().item() - 1) < 1e-3
     assert y.dtype.is_floating_point is False
+
+
+def test_embedded_files_match_published_sha256(mnist_dir):
+    import hashlib
+    import re
+
+    readme = (mnist_dir.parent / "README.md").read_text()
+    listed = dict(re.findall(r"^([0-9a-f]{64})  (\S+\.gz)$", readme, flags=re.M))
+    assert len(listed) == 4
+    for digest, name in listed.items():
+        assert hashlib.sha256((mnist_dir / name).read_bytes()).hexdigest() == digest, name

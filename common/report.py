@@ -1,0 +1,57 @@
+"""Helpers for the weekly reports: a fresh output folder, the machine description, merged metrics."""
+
+import csv
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from common.run import read_metrics
+
+
+def fresh_out_dir(path: str) -> Path:
+    """Create the report folder; an existing one is never overwritten."""
+    out = Path(path)
+    if out.exists():
+        raise UserError(f"output folder {out} already exists; move it away or pass --out with a new folder")
+    out.mkdir(parents=True)
+    (out / "plots").mkdir()
+    return out
+
+
+def machine_description() -> str:
+    """One line naming the CPU, core count, OS, Python and torch versions, and any GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def merge_metrics(runs: list[tuple[dict, Path]], out_csv: Path) -> None:
+    """Write every run's metrics.csv rows into one file, prefixed by the run's labels."""
+    rows = []
+    for labels, metrics_csv in runs:
+        for row in read_metrics(metrics_csv):
+            rows.append({**labels, **row})
+    if not rows:
+        raise ValueError("no metrics rows to merge")
+    columns = list(rows[0].keys())
+    with open(out_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
