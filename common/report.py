@@ -22,7 +22,7 @@ def fresh_out_dir(path: str) -> Path:
 
 
 def machine_description() -> str:
-    """One line naming the CPU, core count, OS, Python and torch versions, and any GPU."""
+    """Describe the CPU, core count, OS, Python and torch versions, and any GPU, in one line."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

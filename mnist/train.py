@@ -156,10 +156,10 @@ def autocast_context(device: torch.device, dtype: str):
 def train_step(model, micro_batches, global_count: int, world_size: int, amp_dtype: str, scaler) -> torch.Tensor:
     """Run forward and backward over one optimizer step's micro-batches on this rank.
 
-    Each micro-batch contributes loss_sum * world_size / global_count: DDP averages gradients over
-    ranks, so the world_size factor turns that average back into a sum, and dividing by the samples
-    of the whole step makes the result the gradient of the mean loss over the global batch, however
-    it is split. Returns this rank's (loss sum, correct, count) for logging.
+    Each micro-batch contributes loss_sum * world_size / global_count. DDP averages gradients over
+    ranks, so the world_size factor turns that average back into a sum. Dividing by the samples of
+    the whole step then gives the gradient of the mean loss over the global batch, however the batch
+    is split. Returns this rank's (loss sum, correct, count) for logging.
     """
     device = micro_batches[0][0].device
     totals = torch.zeros(3, dtype=torch.float64, device=device)
@@ -334,7 +334,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         log.info(f"resumed from step {step} (epoch {step // steps_per_epoch}, batch {step % steps_per_epoch})")
 
     def save(name: str) -> None:
-        """Every rank contributes its RNG state; rank 0 writes the file."""
+        """Gather every rank's RNG state and write the checkpoint from rank 0."""
         rng_states = all_gather_objects(capture_rng_state(), info)
         if info.is_main:
             save_checkpoint(run_dir / "checkpoints" / name, {

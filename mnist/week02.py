@@ -5,7 +5,7 @@
 
 Every arm trains mnist/configs/ddp.yaml (the CNN, global batch 128) for the same number of steps;
 the two-process arms run under `torchrun --standalone` with gloo on 127.0.0.1. Throughput is the
-median over the log intervals of one run (the first interval, which holds the warm-up, is
+median over the log intervals of one run (the first interval contains the warm-up and is
 dropped), with the min and max beside it. Scaling efficiency compares 2 processes of 1 thread with
 1 process of 1 thread, so both sides use the same per-process compute; the 1 process x all threads
 arm shows what intra-op threading alone reaches on the same cores. Writes OUT/throughput.md,
@@ -29,7 +29,7 @@ CONFIG = "mnist/configs/ddp.yaml"
 
 
 def arms(cores: int) -> list[dict]:
-    """The configurations compared: (processes, threads per process, dtype)."""
+    """List the compared configurations: processes, threads per process and dtype."""
     return [
         {"name": "1proc_1thread_fp32", "nproc": 1, "threads": 1, "dtype": "float32"},
         {"name": f"1proc_{cores}threads_fp32", "nproc": 1, "threads": cores, "dtype": "float32"},
@@ -149,6 +149,17 @@ def main(argv) -> None:
     )
     (out / "throughput.md").write_text(table + "\n")
     steps = results[0]["steps"]
+    if vs_threads > 1.05:
+        threads_verdict = "processes scale better than intra-op threads for this small CNN"
+    elif vs_threads < 0.95:
+        threads_verdict = "intra-op threads reach at least as much as processes here"
+    else:
+        threads_verdict = "the two ways of using the cores are about equal here"
+    if two_bf16["samples_per_s"] > 1.05 * two["samples_per_s"]:
+        bf16_verdict = "a gain, so this CPU has fast bf16 matmuls"
+    else:
+        bf16_verdict = ("no gain here; autocast adds casts, and bf16 matmuls only pay off on CPUs with "
+                        "native bf16 instructions (AVX512-BF16 or AMX)")
     notes = f"""# Week 2: DDP and mixed precision on CPU
 
 ## Hypothesis
@@ -188,9 +199,9 @@ draws its own dropout masks.
   {4 * results[0]['params'] / 1e6:.2f} MB of fp32 gradients over loopback every step; an efficiency of
   {100 * efficiency:.0f}% is what remains after that communication and the shared memory bandwidth.
 - The 2-process and the {cores}-thread arms use the same cores; a ratio of {vs_threads:.2f}x says
-  {"processes scale better than intra-op threads for this small CNN" if vs_threads > 1.05 else "intra-op threads reach at least as much as processes here" if vs_threads < 0.95 else "the two ways of using the cores are about equal here"}.
+  {threads_verdict}.
 - bfloat16 autocast on this CPU runs at {two_bf16['samples_per_s'] / two['samples_per_s']:.2f}x the fp32 speed:
-  {"a gain, so this CPU has fast bf16 matmuls" if two_bf16['samples_per_s'] > 1.05 * two['samples_per_s'] else "no gain here; autocast adds casts, and bf16 matmuls only pay off on CPUs with native bf16 instructions (AVX512-BF16 or AMX)"}.
+  {bf16_verdict}.
   On a GPU the same flag uses tensor cores.
 
 ## Next step

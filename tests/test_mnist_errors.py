@@ -15,7 +15,7 @@ BASE = ["mnist/train.py", "--config", "mnist/configs/baseline.yaml", "--system.n
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """A results folder that already holds one finished softmax run."""
+    """Create a results folder that contains one finished softmax run."""
     root = tmp_path_factory.mktemp("results")
     run_script([*BASE, f"--run.results_dir={root}"])
     return root

@@ -203,3 +203,10 @@ def test_cnn_reaches_98_percent(tmp_path):
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["test_acc"] >= 0.98
     assert summary["test_examples"] == 10000
+
+
+def test_unwrap_compiled_model_gives_clean_keys():
+    model = build_model("mlp", width=8, hidden=16, dropout=0.0)
+    compiled = torch.compile(model)  # wrapping is lazy: nothing compiles until the first forward
+    assert all(key.startswith("_orig_mod.") for key in compiled.state_dict())
+    assert list(checkpoint.unwrap_model(compiled).state_dict()) == list(model.state_dict())

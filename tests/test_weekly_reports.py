@@ -1,0 +1,49 @@
+"""The weekly report scripts on a tiny budget: they run, write every file, and never overwrite."""
+
+import pytest
+
+from tests.conftest import read_csv, run_script
+
+
+def test_week01_writes_report(tmp_path):
+    out = tmp_path / "week01"
+    run_script(["mnist/week01.py", "--out", str(out), "--models", "softmax,cnn", "--lrs", "1e-3,1e-2",
+                "--seeds", "0,1", "--max-steps", "20"])
+    for name in ("metrics.csv", "runs.csv", "notes.md", "plots/val_acc_vs_lr.png",
+                 "plots/train_loss_softmax.png", "plots/train_loss_cnn.png"):
+        assert (out / name).is_file(), name
+    runs = read_csv(out / "runs.csv")
+    assert len(runs) == 8
+    notes = (out / "notes.md").read_text()
+    for heading in ("## Hypothesis", "## Method", "## Result", "## Interpretation", "## Next step"):
+        assert heading in notes
+    best_softmax = max((r for r in runs if r["model"] == "softmax"),
+                       key=lambda r: float(r["best_val_acc"]))
+    assert f"{100 * float(best_softmax['best_val_acc']):.2f}%" in notes
+
+
+def test_week01_refuses_existing_folder(tmp_path):
+    (tmp_path / "week01").mkdir()
+    proc = run_script(["mnist/week01.py", "--out", str(tmp_path / "week01")], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: output folder")
+
+
+def test_week01_rejects_bad_lr_list(tmp_path):
+    proc = run_script(["mnist/week01.py", "--out", str(tmp_path / "w"), "--lrs", "fast"], check=False)
+    assert proc.returncode == 2
+    assert "--lrs and --seeds take comma-separated numbers" in proc.stderr
+
+
+@pytest.mark.multiprocess
+def test_week02_writes_report(tmp_path):
+    out = tmp_path / "week02"
+    run_script(["mnist/week02.py", "--out", str(out), "--max-steps", "40", "--log-every", "10"], timeout=600)
+    for name in ("metrics.csv", "throughput.md", "notes.md", "plots/throughput.png", "plots/loss.png"):
+        assert (out / name).is_file(), name
+    table = (out / "throughput.md").read_text()
+    assert "2proc_1thread_fp32" in table
+    assert "2proc_1thread_bf16" in table
+    assert "Scaling efficiency" in (out / "notes.md").read_text()
+    arms = {row["arm"] for row in read_csv(out / "metrics.csv")}
+    assert len(arms) == 4
