@@ -45,6 +45,7 @@ from mnist.model import build_model, count_parameters
 class TrainConfig:
     epochs: int = field(default=1, metadata={"help": "passes over the training split; sets the LR schedule length"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap); the LR schedule still spans all epochs"})
+    schedule_steps: int = field(default=0, metadata={"help": "length of the run and its LR schedule in optimizer steps (0 = epochs x steps per epoch); overrides epochs"})
     batch_size: int = field(default=64, metadata={"help": "global batch: samples per optimizer step over all ranks and micro-steps"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step on each rank"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
@@ -98,7 +99,8 @@ class Config:
             if value <= 0:
                 raise UserError(f"config key {key} is {value}, must be positive")
         non_negative = {
-            "train.max_steps": self.train.max_steps, "train.eval_every": self.train.eval_every,
+            "train.max_steps": self.train.max_steps, "train.schedule_steps": self.train.schedule_steps,
+            "train.eval_every": self.train.eval_every,
             "train.ckpt_every": self.train.ckpt_every, "train.warmup_steps": self.train.warmup_steps,
             "train.grad_clip": self.train.grad_clip, "train.weight_decay": self.train.weight_decay,
             "data.train_size": self.data.train_size, "system.num_workers": self.system.num_workers,
@@ -243,7 +245,8 @@ def train(cfg: Config, info: DistInfo) -> dict:
     micro_batch = global_batch // (info.world_size * cfg.train.grad_accum_steps)
     sampler = ShardedBatchSampler(len(data["train"]), global_batch, info.rank, info.world_size, seed=cfg.run.seed)
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = cfg.train.epochs * steps_per_epoch  # the LR schedule always spans the full run
+    # The LR schedule always spans the full run; max_steps may stop it early without reshaping it.
+    total_steps = cfg.train.schedule_steps or cfg.train.epochs * steps_per_epoch
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else total_steps
 
     # Model: initialised from run.seed alone, so every rank (and a 1-process run) starts from the same weights.

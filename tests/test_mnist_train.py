@@ -210,3 +210,15 @@ def test_unwrap_compiled_model_gives_clean_keys():
     compiled = torch.compile(model)  # wrapping is lazy: nothing compiles until the first forward
     assert all(key.startswith("_orig_mod.") for key in compiled.state_dict())
     assert list(checkpoint.unwrap_model(compiled).state_dict()) == list(model.state_dict())
+
+
+def test_schedule_steps_spans_epochs(tmp_path):
+    # 4000 images / 64 = 62 steps per epoch; a 100-step schedule crosses into the second epoch.
+    run_script([*SMALL_MLP, f"--run.results_dir={tmp_path}", "--train.schedule_steps=100", "--train.epochs=1"])
+    run_dir = only_run_dir(tmp_path)
+    rows = read_csv(run_dir / "metrics.csv")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert train_rows[-1]["step"] == "100"
+    assert train_rows[-1]["epoch"] == "1"
+    assert float(train_rows[-1]["lr"]) < 1e-5  # cosine has decayed to about zero at the last step
+    assert [r["step"] for r in rows if r["split"] == "val"] == ["25", "50", "62", "75", "100"]
