@@ -226,7 +226,3 @@ def load_mnist(data_dir: str, val_size: int, split_seed: int, train_size: int = 
         "test": MNISTTensors(test_images, test_labels, mean, std),
     }
 
-
-def identity_collate(batch):
-    """The dataset's __getitems__ already returns stacked tensors, so there is nothing to collate."""
-    return batch

@@ -13,53 +13,18 @@ the same optimisation whatever the world size. The validation split picks the be
 the test set is evaluated once, at the end, with that checkpoint.
 """
 
-import copy
-import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from common.checkpoint import load_checkpoint, load_model_state, save_checkpoint, unwrap_model
-from common.config import RunConfig, SystemConfig, config_to_dict, dump_yaml, load_yaml, parse_config
-from common.data import ShardedBatchSampler, eval_shard
-from common.dist import (
-    DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
-    parameter_fingerprints, setup_distributed, teardown_distributed,
-)
+from common.config import RunConfig, SystemConfig, parse_config
+from common.dist import DistInfo, setup_distributed, teardown_distributed
 from common.errors import UserError, run_cli
-from common.perf import count_flops, mfu, peak_memory_mb, peak_tflops, reset_peak_memory, sync
-from common.plots import plot_run
-from common.run import MetricsWriter, create_run_dir, git_commit, setup_logging, write_json_atomic, write_text_atomic
-from common.seed import capture_rng_state, rank_seed, restore_rng_state, seed_everything
-from mnist.data import DEFAULT_URL, identity_collate, load_mnist
-from mnist.model import build_model, count_parameters
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = field(default=1, metadata={"help": "passes over the training split; sets the LR schedule length"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap); the LR schedule still spans all epochs"})
-    schedule_steps: int = field(default=0, metadata={"help": "length of the run and its LR schedule in optimizer steps (0 = epochs x steps per epoch); overrides epochs"})
-    batch_size: int = field(default=64, metadata={"help": "global batch: samples per optimizer step over all ranks and micro-steps"})
-    grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step on each rank"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    optimizer: str = field(default="adam", metadata={"help": "optimizer", "choices": ("adam", "adamw", "sgd")})
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled for adamw, L2 for adam and sgd; applied to weight matrices and kernels only"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (Nesterov)"})
-    schedule: str = field(default="constant", metadata={"help": "LR shape after warmup", "choices": ("constant", "cosine", "linear")})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear LR warmup from lr/warmup_steps to lr"})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "final LR as a fraction of lr for cosine and linear decay"})
-    grad_clip: float = field(default=0.0, metadata={"help": "clip the global gradient norm to this value (0 = no clipping)"})
-    log_every: int = field(default=100, metadata={"help": "optimizer steps between train log lines and metrics rows"})
-    eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes (0 = only at epoch ends)"})
-    ckpt_every: int = field(default=0, metadata={"help": "optimizer steps between checkpoints (0 = only at epoch ends)"})
-    eval_batch_size: int = field(default=1000, metadata={"help": "batch size per rank for validation and test"})
+from common.seed import seed_everything
+from common.trainer import TrainConfig, check_system, fit, validate_common
+from mnist.data import DEFAULT_URL, load_mnist
+from mnist.model import build_model
 
 
 @dataclass
@@ -89,137 +54,15 @@ class Config:
     system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> None:
-        positive = {
-            "train.epochs": self.train.epochs, "train.batch_size": self.train.batch_size,
-            "train.grad_accum_steps": self.train.grad_accum_steps, "train.log_every": self.train.log_every,
-            "train.eval_batch_size": self.train.eval_batch_size, "model.width": self.model.width,
-            "model.hidden": self.model.hidden, "data.val_size": self.data.val_size,
-        }
-        for key, value in positive.items():
+        validate_common(self)
+        for key, value in {"model.width": self.model.width, "model.hidden": self.model.hidden,
+                           "data.val_size": self.data.val_size}.items():
             if value <= 0:
                 raise UserError(f"config key {key} is {value}, must be positive")
-        non_negative = {
-            "train.max_steps": self.train.max_steps, "train.schedule_steps": self.train.schedule_steps,
-            "train.eval_every": self.train.eval_every,
-            "train.ckpt_every": self.train.ckpt_every, "train.warmup_steps": self.train.warmup_steps,
-            "train.grad_clip": self.train.grad_clip, "train.weight_decay": self.train.weight_decay,
-            "data.train_size": self.data.train_size, "system.num_workers": self.system.num_workers,
-            "system.threads": self.system.threads,
-        }
-        for key, value in non_negative.items():
-            if value < 0:
-                raise UserError(f"config key {key} is {value}, must be zero or positive")
-        if not self.train.lr > 0:
-            raise UserError(f"config key train.lr is {self.train.lr}, must be positive")
+        if self.data.train_size < 0:
+            raise UserError(f"config key data.train_size is {self.data.train_size}, must be zero or positive")
         if not 0 <= self.model.dropout < 1:
             raise UserError(f"config key model.dropout is {self.model.dropout}, must be in [0, 1)")
-        if not 0 <= self.train.min_lr_ratio <= 1:
-            raise UserError(f"config key train.min_lr_ratio is {self.train.min_lr_ratio}, must be in [0, 1]")
-
-
-METRIC_COLUMNS = ["step", "epoch", "split", "loss", "acc", "lr", "grad_norm",
-                  "samples_per_s", "ms_per_step", "peak_mem_mb", "mfu", "elapsed_s"]
-# Columns that measure the machine rather than the optimisation; determinism checks skip them.
-TIMING_COLUMNS = ["samples_per_s", "ms_per_step", "peak_mem_mb", "mfu", "elapsed_s"]
-
-
-def lr_factor(step: int, total_steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of train.lr at optimizer step `step` (0-based): linear warmup, then the schedule."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if schedule == "cosine":
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return min_ratio + (1 - min_ratio) * (1 - progress)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and conv kernels only; biases and norm scales are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.Adam(groups, lr=cfg.lr)
-
-
-def autocast_context(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
-def train_step(model, micro_batches, global_count: int, world_size: int, amp_dtype: str, scaler) -> torch.Tensor:
-    """Run forward and backward over one optimizer step's micro-batches on this rank.
-
-    Each micro-batch contributes loss_sum * world_size / global_count. DDP averages gradients over
-    ranks, so the world_size factor turns that average back into a sum. Dividing by the samples of
-    the whole step then gives the gradient of the mean loss over the global batch, however the batch
-    is split. Returns this rank's (loss sum, correct, count) for logging.
-    """
-    device = micro_batches[0][0].device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for i, (x, y) in enumerate(micro_batches):
-        is_last = i == len(micro_batches) - 1
-        # Gradients are all-reduced only on the last micro-step; earlier ones accumulate locally.
-        no_sync = isinstance(model, DistributedDataParallel) and not is_last
-        with model.no_sync() if no_sync else nullcontext():
-            with autocast_context(device, amp_dtype):
-                logits = model(x)
-            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-            scaler.scale(loss_sum * (world_size / global_count)).backward()
-        correct = (logits.argmax(dim=1) == y).sum()
-        totals += torch.stack([loss_sum.detach().double(), correct.double(), torch.tensor(len(y), dtype=torch.float64, device=device)])
-    return totals
-
-
-@torch.no_grad()
-def evaluate(model, dataset, info: DistInfo, batch_size: int, amp_dtype: str) -> tuple[float, float, int]:
-    """Mean loss, accuracy and example count; each rank scores a disjoint shard and the sums are all-reduced."""
-    was_training = model.training
-    model.eval()
-    indices = eval_shard(len(dataset), info.rank, info.world_size)
-    totals = torch.zeros(3, dtype=torch.float64, device=info.device)
-    for start in range(0, len(indices), batch_size):
-        x, y = dataset.batch(indices[start : start + batch_size])
-        x, y = x.to(info.device), y.to(info.device)
-        with autocast_context(info.device, amp_dtype):
-            logits = model(x)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        correct = (logits.argmax(dim=1) == y).sum()
-        totals += torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y), dtype=torch.float64, device=info.device)])
-    all_reduce_sum(totals, info)
-    model.train(was_training)
-    loss_sum, correct, count = totals.tolist()
-    return loss_sum / count, correct / count, int(count)
-
-
-def resolve_resume_dir(resume: str) -> tuple[Path, Path]:
-    """Accept a run directory or a checkpoint file; return (run directory, checkpoint path)."""
-    path = Path(resume)
-    if path.is_dir():
-        return path, path / "checkpoints" / "last.pt"
-    if path.is_file():
-        return path.parent.parent, path
-    raise UserError(f"run.resume {resume} not found; pass a run directory such as results/mnist_20260101-120000")
-
-
-def check_system(cfg: Config, info: DistInfo) -> None:
-    """Reject combinations the hardware or the world size cannot run, before any work starts."""
-    if cfg.system.dtype == "float16" and info.device.type != "cuda":
-        raise UserError(f"system.dtype float16 needs CUDA (a gradient scaler), but the device is {info.device.type}; use bfloat16 or float32")
-    per_step = info.world_size * cfg.train.grad_accum_steps
-    if cfg.train.batch_size % per_step != 0:
-        raise UserError(
-            f"train.batch_size {cfg.train.batch_size} does not divide by world size {info.world_size} x "
-            f"grad_accum_steps {cfg.train.grad_accum_steps}; pick a multiple of {per_step}"
-        )
 
 
 def main(argv) -> dict:
@@ -236,232 +79,16 @@ def train(cfg: Config, info: DistInfo) -> dict:
     check_system(cfg, info)
     if cfg.system.threads > 0:
         torch.set_num_threads(cfg.system.threads)
-    log = setup_logging(None, info.is_main)
 
     # Data: everything that can fail on user input happens before a run directory exists.
     data = load_mnist(cfg.data.dir, cfg.data.val_size, cfg.data.split_seed, cfg.data.train_size,
-                      cfg.data.download, cfg.data.url, log=log.info)
-    global_batch = cfg.train.batch_size
-    micro_batch = global_batch // (info.world_size * cfg.train.grad_accum_steps)
-    sampler = ShardedBatchSampler(len(data["train"]), global_batch, info.rank, info.world_size, seed=cfg.run.seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    # The LR schedule always spans the full run; max_steps may stop it early without reshaping it.
-    total_steps = cfg.train.schedule_steps or cfg.train.epochs * steps_per_epoch
-    stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else total_steps
+                      cfg.data.download, cfg.data.url, log=print if info.is_main else (lambda _: None))
 
     # Model: initialised from run.seed alone, so every rank (and a 1-process run) starts from the same weights.
     seed_everything(cfg.run.seed)
-    raw_model = build_model(cfg.model.name, cfg.model.width, cfg.model.hidden, cfg.model.dropout).to(info.device)
-    n_params = count_parameters(raw_model)
+    model = build_model(cfg.model.name, cfg.model.width, cfg.model.hidden, cfg.model.dropout).to(info.device)
 
-    # FLOPs of one optimizer step, counted on a copy so the real model's grads and BN statistics stay untouched.
-    probe = copy.deepcopy(raw_model)
-    probe_x, probe_y = data["train"].batch(list(range(micro_batch)))
-    probe_x, probe_y = probe_x.to(info.device), probe_y.to(info.device)
-    flops_per_micro = count_flops(lambda: F.cross_entropy(probe(probe_x), probe_y).backward())
-    flops_per_step = flops_per_micro * cfg.train.grad_accum_steps * info.world_size
-    del probe
-    peak = peak_tflops(info.device, cfg.system.peak_tflops)
-
-    optimizer = build_optimizer(raw_model, cfg.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, total_steps, cfg.train.warmup_steps, cfg.train.schedule, cfg.train.min_lr_ratio),
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.system.dtype == "float16")
-    seed_everything(rank_seed(cfg.run.seed, info.rank))  # dropout masks differ per rank
-
-    # Resume: restore every piece of state, or start a fresh run directory.
-    step, best_val_acc, best_step, elapsed_before, keep_rows = 0, -1.0, 0, 0.0, None
-    if cfg.run.resume:
-        run_dir, ckpt_path = resolve_resume_dir(cfg.run.resume)
-        ckpt = load_checkpoint(ckpt_path)
-        saved_model = ckpt["config"]["model"]
-        if saved_model["name"] != cfg.model.name:
-            raise UserError(
-                f"checkpoint {ckpt_path} was trained with model.name={saved_model['name']}, the config asks for "
-                f"{cfg.model.name}; resume with the config in {run_dir / 'config.yaml'}"
-            )
-        load_model_state(raw_model, ckpt["model"], str(ckpt_path))
-        if (run_dir / "summary.json").exists() and ckpt["step"] >= stop_step:
-            raise UserError(f"run {run_dir} already finished at step {ckpt['step']}; start a new run instead of resuming")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        rng_states = ckpt["rng_states"]
-        if len(rng_states) == info.world_size:
-            restore_rng_state(rng_states[info.rank])
-        elif info.is_main:
-            log.warning(f"warning: checkpoint has RNG states of {len(rng_states)} ranks, this job has "
-                        f"{info.world_size}; random streams restart from the seed")
-        step, best_val_acc, best_step = ckpt["step"], ckpt["best_val_acc"], ckpt["best_step"]
-        elapsed_before, keep_rows = ckpt["train_time_s"], ckpt["metrics_rows"]
-        saved_cfg = load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-        changed = [f"{s}.{k}" for s, section in config_to_dict(cfg).items() for k, v in section.items()
-                   if s != "run" and saved_cfg.get(s, {}).get(k, v) != v]
-    else:
-        run_dir = Path(broadcast_object(str(create_run_dir(cfg.run.results_dir, cfg.run.name)) if info.is_main else None, info))
-        changed = []
-
-    metrics = None
-    if info.is_main:
-        log = setup_logging(run_dir, True)
-        if keep_rows is None:
-            write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        metrics = MetricsWriter(run_dir / "metrics.csv", METRIC_COLUMNS, keep_rows=keep_rows)
-    if changed and info.is_main:
-        log.warning(f"warning: resuming with changed config keys {', '.join(changed)}")
-
-    model = raw_model
-    if cfg.system.compile:
-        model = torch.compile(model)
-    if info.enabled:
-        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-    loader = DataLoader(
-        data["train"], batch_sampler=sampler, num_workers=cfg.system.num_workers,
-        collate_fn=identity_collate, persistent_workers=cfg.system.num_workers > 0,
-        pin_memory=info.device.type == "cuda",
-        # Its own generator: a DataLoader iterator otherwise draws a worker seed from the global RNG at
-        # every epoch start, and a resumed run would then see different dropout masks.
-        generator=torch.Generator().manual_seed(cfg.run.seed),
-    )
-
-    log.info(f"run dir {run_dir}")
-    log.info(f"model {cfg.model.name} | {n_params:,} parameters | device {info.device} | dtype {cfg.system.dtype} | world size {info.world_size}")
-    log.info(f"global batch {global_batch} = {info.world_size} ranks x {cfg.train.grad_accum_steps} micro-steps x {micro_batch} | "
-             f"{len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images")
-    log.info(f"{steps_per_epoch} steps/epoch | schedule spans {total_steps} steps | this run stops at step {stop_step} | "
-             f"{flops_per_step / 1e9:.3f} GFLOP/step | peak {peak:.2f} TFLOP/s per rank")
-    if step:
-        log.info(f"resumed from step {step} (epoch {step // steps_per_epoch}, batch {step % steps_per_epoch})")
-
-    def save(name: str) -> None:
-        """Gather every rank's RNG state and write the checkpoint from rank 0."""
-        rng_states = all_gather_objects(capture_rng_state(), info)
-        if info.is_main:
-            save_checkpoint(run_dir / "checkpoints" / name, {
-                "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng_states": rng_states,
-                "step": step, "best_val_acc": best_val_acc, "best_step": best_step,
-                "train_time_s": elapsed_before + time.perf_counter() - loop_start,
-                "metrics_rows": metrics.rows, "config": config_to_dict(cfg), "world_size": info.world_size,
-            })
-
-    # Training loop.
-    reset_peak_memory(info.device)
-    loop_start = time.perf_counter()
-    interval_start, interval_steps = loop_start, 0
-    timed_seconds, timed_steps = 0.0, 0  # excludes the first log interval (warm-up) and eval/checkpoint pauses
-    interval_totals = torch.zeros(3, dtype=torch.float64, device=info.device)
-    grad_norm = torch.zeros((), device=info.device)
-    model.train()
-    while step < stop_step:
-        epoch = step // steps_per_epoch
-        sampler.set_epoch(epoch, start_step=step % steps_per_epoch)
-        for x, y in loader:
-            x = x.to(info.device, non_blocking=True)
-            y = y.to(info.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            micro = list(zip(x.split(micro_batch), y.split(micro_batch)))
-            interval_totals += train_step(model, micro, global_batch, info.world_size, cfg.system.dtype, scaler)
-            scaler.unscale_(optimizer)
-            max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            interval_steps += 1
-
-            epoch_end = step % steps_per_epoch == 0 or step == stop_step
-            if step % cfg.train.log_every == 0 or epoch_end:
-                sync(info.device)
-                seconds = time.perf_counter() - interval_start
-                if step > cfg.train.log_every or step == stop_step:
-                    timed_seconds += seconds
-                    timed_steps += interval_steps
-                all_reduce_sum(interval_totals, info)  # the .tolist() below waits for the device
-                loss_sum, correct, count = interval_totals.tolist()
-                ms_per_step = 1000 * seconds / interval_steps
-                samples_per_s = global_batch * interval_steps / seconds
-                step_mfu = mfu(flops_per_step, seconds / interval_steps, peak * info.world_size)
-                peak_mb = peak_memory_mb(info.device)
-                if info.is_main:
-                    metrics.log(step=step, epoch=epoch, split="train", loss=loss_sum / count, acc=correct / count,
-                                lr=lr, grad_norm=grad_norm.item(), samples_per_s=samples_per_s, ms_per_step=ms_per_step,
-                                peak_mem_mb=peak_mb, mfu=step_mfu, elapsed_s=elapsed_before + time.perf_counter() - loop_start)
-                mfu_text = f" | mfu {100 * step_mfu:.1f}%" if step_mfu is not None else ""
-                log.info(f"step {step}/{stop_step} | epoch {epoch} | loss {loss_sum / count:.4f} | lr {lr:.2e} | "
-                         f"grad_norm {grad_norm.item():.3f} | {ms_per_step:.1f} ms/step | {samples_per_s:,.0f} samples/s | "
-                         f"peak_mem {peak_mb:.0f} MB{mfu_text}")
-                interval_totals.zero_()
-                interval_start, interval_steps = time.perf_counter(), 0
-
-            do_eval = epoch_end or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
-            do_ckpt = epoch_end or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0)
-            if do_eval or do_ckpt:
-                sync(info.device)
-                pause_start = time.perf_counter()
-                if do_eval:
-                    val_loss, val_acc, val_count = evaluate(unwrap_model(model), data["val"], info, cfg.train.eval_batch_size, cfg.system.dtype)
-                    if info.is_main:
-                        metrics.log(step=step, epoch=epoch, split="val", loss=val_loss, acc=val_acc,
-                                    elapsed_s=elapsed_before + time.perf_counter() - loop_start)
-                    improved = val_acc > best_val_acc
-                    log.info(f"val step {step} | loss {val_loss:.4f} | acc {100 * val_acc:.2f}% over {val_count} images"
-                             + (" | new best" if improved else ""))
-                    if improved:
-                        best_val_acc, best_step = val_acc, step
-                        if info.is_main:
-                            save_checkpoint(run_dir / "checkpoints" / "best.pt", {
-                                "model": unwrap_model(model).state_dict(), "step": step, "val_acc": val_acc,
-                                "config": config_to_dict(cfg),
-                            })
-                if do_ckpt:
-                    save("last.pt")
-                    log.info(f"checkpoint saved at step {step}")
-                interval_start += time.perf_counter() - pause_start
-            if step == stop_step or step % steps_per_epoch == 0:
-                break
-    train_time_s = elapsed_before + time.perf_counter() - loop_start
-
-    # Final evaluation: the test set, once, with the checkpoint that scored best on validation.
-    barrier(info)
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=info.device)
-    final_state = copy.deepcopy(unwrap_model(model).state_dict())
-    load_model_state(raw_model, best["model"], "best.pt")
-    test_loss, test_acc, test_count = evaluate(raw_model, data["test"], info, cfg.train.eval_batch_size, cfg.system.dtype)
-    raw_model.load_state_dict(final_state)
-    fingerprints = parameter_fingerprints(raw_model, info)
-    log.info(f"test (best val checkpoint, step {best_step}) | loss {test_loss:.4f} | acc {100 * test_acc:.2f}% over {test_count} images")
-
-    summary = None
-    if info.is_main:
-        metrics.log(step=step, epoch=(step - 1) // steps_per_epoch, split="test", loss=test_loss, acc=test_acc,
-                    elapsed_s=train_time_s)
-        metrics.close()
-        samples_per_s = global_batch * timed_steps / timed_seconds if timed_seconds > 0 else None
-        summary = {
-            "test_acc": test_acc, "test_loss": test_loss, "test_examples": test_count,
-            "best_val_acc": best_val_acc, "best_step": best_step, "steps": step, "epochs": step / steps_per_epoch,
-            "params": n_params, "model": cfg.model.name, "train_time_s": train_time_s,
-            "total_time_s": time.perf_counter() - script_start,
-            "samples_per_s": samples_per_s,
-            "ms_per_step": 1000 * timed_seconds / timed_steps if timed_steps else None,
-            "mfu": mfu(flops_per_step, timed_seconds / timed_steps, peak * info.world_size) if timed_steps else None,
-            "flops_per_step": flops_per_step, "peak_tflops_per_rank": peak, "peak_mem_mb": peak_memory_mb(info.device),
-            "global_batch": global_batch, "device": str(info.device), "dtype": cfg.system.dtype,
-            "world_size": info.world_size, "threads_per_rank": torch.get_num_threads(),
-            "ranks_in_sync": len(set(fingerprints)) == 1, "seed": cfg.run.seed,
-            "torch_version": torch.__version__, "git_commit": git_commit(), "run_dir": str(run_dir),
-        }
-        write_json_atomic(run_dir / "summary.json", summary)
-        plot_run(run_dir / "metrics.csv", run_dir / "plots", title=cfg.run.name)
-        log.info(f"done in {train_time_s:.1f} s of training | summary {run_dir / 'summary.json'}")
-    barrier(info)  # no rank tears down the group while a peer still waits in a collective
-    return {"summary": summary, "run_dir": run_dir, "model": raw_model, "fingerprints": fingerprints}
+    return fit(cfg, info, data, model, script_start=script_start)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import torch
 from common.dist import all_reduce_sum, setup_distributed, teardown_distributed
 from mnist.data import load_mnist
 from mnist.model import build_model
-from mnist.train import evaluate, main
+from common.trainer import evaluate
+from mnist.train import main
 
 
 def train_mode(out: Path, args: list[str]) -> None:

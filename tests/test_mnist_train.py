@@ -13,7 +13,7 @@ from common import checkpoint
 from common.checkpoint import load_checkpoint, save_checkpoint
 from mnist.data import load_mnist
 from mnist.model import build_model
-from mnist.train import TIMING_COLUMNS, train_step
+from common.trainer import TIMING_COLUMNS, train_step
 from tests.conftest import REPO, only_run_dir, read_csv, run_script, script_env
 
 SMALL_MLP = [
