@@ -111,6 +111,17 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP does this at the start of each forward, so after the last training step each rank still
+    holds the statistics of its own last batch. Evaluation and the final weights need rank 0's.
+    """
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def parameter_fingerprints(model: torch.nn.Module, info: DistInfo) -> list[str]:
     """SHA-256 of this rank's parameter bytes, gathered from every rank; equal strings mean bitwise sync."""
     import hashlib

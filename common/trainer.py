@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader
 from common.checkpoint import load_checkpoint, load_model_state, save_checkpoint, unwrap_model
 from common.config import config_to_dict, dump_yaml, load_yaml
 from common.data import ShardedBatchSampler, eval_shard
-from common.dist import DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, parameter_fingerprints
+from common.dist import (
+    DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers, broadcast_object, parameter_fingerprints,
+)
 from common.errors import UserError
 from common.perf import count_flops, mfu, peak_memory_mb, peak_tflops, reset_peak_memory, sync
 from common.plots import plot_run
@@ -394,6 +396,7 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
             if do_eval or do_ckpt:
                 sync(info.device)
                 pause_start = time.perf_counter()
+                broadcast_buffers(raw_model, info)
                 if do_eval:
                     val_loss, val_acc, val_count = evaluate(unwrap_model(model), data["val"], info, cfg.train.eval_batch_size, cfg.system.dtype)
                     if info.is_main:
