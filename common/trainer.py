@@ -37,6 +37,7 @@ from common.seed import capture_rng_state, rank_seed, restore_rng_state, seed_ev
 class TrainConfig:
     epochs: int = field(default=1, metadata={"help": "passes over the training split; sets the LR schedule length"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap); the LR schedule still spans all epochs"})
+    time_limit_s: float = field(default=0.0, metadata={"help": "stop once the training loop has run this many seconds (0 = no limit); makes the run length machine-dependent"})
     schedule_steps: int = field(default=0, metadata={"help": "length of the run and its LR schedule in optimizer steps (0 = epochs x steps per epoch); overrides epochs"})
     batch_size: int = field(default=64, metadata={"help": "global batch: samples per optimizer step over all ranks and micro-steps"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step on each rank"})
@@ -196,6 +197,7 @@ def validate_common(cfg) -> None:
         "train.max_steps": train.max_steps, "train.schedule_steps": train.schedule_steps,
         "train.eval_every": train.eval_every, "train.ckpt_every": train.ckpt_every,
         "train.warmup_steps": train.warmup_steps, "train.grad_clip": train.grad_clip,
+        "train.time_limit_s": train.time_limit_s,
         "train.weight_decay": train.weight_decay, "system.num_workers": system.num_workers,
         "system.threads": system.threads,
     }
@@ -217,6 +219,13 @@ def micro_step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     """
     probe = copy.deepcopy(model)
     return count_flops(lambda: F.cross_entropy(probe(x), y).backward())
+
+
+def time_is_up(elapsed_s: float, limit_s: float, info: DistInfo) -> bool:
+    """Decide on every rank at once whether the time limit is reached, so no rank stops alone and hangs the others."""
+    flag = torch.tensor([1.0 if elapsed_s >= limit_s else 0.0], device=info.device)
+    all_reduce_sum(flag, info)  # one tiny collective per step, only when a time limit is set
+    return flag.item() > 0
 
 
 def identity_collate(batch):
@@ -366,6 +375,9 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
             scheduler.step()
             step += 1
             interval_steps += 1
+            if cfg.train.time_limit_s > 0 and time_is_up(elapsed_before + time.perf_counter() - loop_start,
+                                                         cfg.train.time_limit_s, info):
+                stop_step = step  # ends the run here, with the usual final validation and checkpoint
 
             epoch_end = step % steps_per_epoch == 0 or step == stop_step
             if step % cfg.train.log_every == 0 or epoch_end:
@@ -438,6 +450,7 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
         samples_per_s = global_batch * timed_steps / timed_seconds if timed_seconds > 0 else None
         summary = {
             "test_acc": test_acc, "test_loss": test_loss, "test_examples": test_count,
+            "train_examples": len(data["train"]), "val_examples": len(data["val"]),
             "best_val_acc": best_val_acc, "best_step": best_step, "steps": step, "epochs": step / steps_per_epoch,
             "params": n_params, "model": cfg.model.name, "train_time_s": train_time_s,
             "total_time_s": time.perf_counter() - script_start,
