@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Multi-process CPU runs talk over the loopback interface only.
 LOOPBACK := GLOO_SOCKET_IFNAME=lo MASTER_ADDR=127.0.0.1
 
-.PHONY: help setup demo test test-fast mnist week01 week02 clean
+.PHONY: help setup demo test test-fast mnist cifar week01 week02 week03 week06 clean
 
 help:
 	@echo "make setup      create .venv and install the pinned requirements (re-runs when they change)"
@@ -15,6 +15,9 @@ help:
 	@echo "make mnist      train softmax regression, the MLP and the CNN, one run each"
 	@echo "make week01     learning-rate sweep, writes results/week01/"
 	@echo "make week02     1 vs 2 process DDP throughput and memory, writes results/week02/"
+	@echo "make cifar      train the CIFAR-10 MLP, CNN and ResNet on the embedded sample, one run each"
+	@echo "make week03     CIFAR-10 models x augmentation at a 60 s budget each, writes results/week03/"
+	@echo "make week06     same-budget ablation over seeds, 1 vs 2 processes, writes results/week06/"
 	@echo "make clean      remove .venv and caches (results/ is kept)"
 
 setup: $(STAMP)
@@ -44,6 +47,17 @@ week01: setup
 
 week02: setup
 	$(LOOPBACK) $(PY) mnist/week02.py --out results/week02
+
+cifar: setup
+	$(PY) cifar/train.py --config cifar/configs/mlp.yaml
+	$(PY) cifar/train.py --config cifar/configs/cnn.yaml
+	$(PY) cifar/train.py --config cifar/configs/resnet.yaml
+
+week03: setup
+	$(PY) cifar/week03.py --out results/week03
+
+week06: setup
+	$(LOOPBACK) $(PY) cifar/ablate.py --grid cifar/ablations/week06.yaml --out results/week06
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

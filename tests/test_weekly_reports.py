@@ -50,3 +50,18 @@ def test_week02_writes_report(tmp_path):
     assert "Scaling efficiency" in (out / "notes.md").read_text()
     arms = {row["arm"] for row in read_csv(out / "metrics.csv")}
     assert len(arms) == 4
+
+
+def test_week03_writes_report(tmp_path):
+    out = tmp_path / "week03"
+    run_script(["cifar/week03.py", "--out", str(out), "--models", "mlp,cnn", "--budget-s", "2"])
+    for name in ("metrics.csv", "runs.csv", "notes.md", "plots/val_acc_vs_time.png", "plots/test_acc.png"):
+        assert (out / name).is_file(), name
+    runs = read_csv(out / "runs.csv")
+    assert [(r["model"], r["augment"]) for r in runs] == [
+        ("mlp", "True"), ("mlp", "False"), ("cnn", "True"), ("cnn", "False")]
+    for run in runs:
+        assert float(run["train_time_s"]) < 2 + 30  # the limit, plus at most one step and the final validation
+    notes = (out / "notes.md").read_text()
+    assert "## Interpretation" in notes
+    assert "2,250 train / 250 validation /" in notes
