@@ -4,12 +4,12 @@
     python cifar/ablate.py --grid cifar/ablations/mnist_lr.yaml --out /tmp/abl --seeds 0,1 --workers 2
     python cifar/ablate.py --help
 
-The grid names a training script that keeps the repository's contract (`--config FILE` plus dotted
-`--section.key=value` overrides, a run directory with summary.json, metrics.csv and
-checkpoints/last.pt, exit status 2 with one `error:` line on bad input), a base config, a budget in
-samples, optimizer steps or FLOPs, and the arms as config overrides. Every arm gets the same budget:
-the runner turns it into a step count per arm and passes it as both train.max_steps and
-train.schedule_steps, so the LR schedule ends exactly when the budget does.
+The grid names a training script, a base config, a budget in samples, optimizer steps or FLOPs,
+and the arms as config overrides (see cifar/ablate_grid.py). The script must keep the repository's
+contract: `--config FILE` plus dotted `--section.key=value` overrides, a run directory with
+summary.json, metrics.csv and checkpoints/last.pt, and exit status 2 with one `error:` line on bad
+input. Every arm gets the same budget, because the runner turns it into a step count per arm and
+passes it as both train.max_steps and train.schedule_steps, so the LR schedule ends with the budget.
 
 Before training, one short probe run per arm (one optimizer step) checks the arm's config with the
 script itself and measures FLOPs per step; a probe that exits 2 makes the runner exit 2 without
@@ -40,7 +40,7 @@ from common.errors import UserError, run_cli
 
 
 class StrictParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one `error:` line (exit 2) instead of usage text."""
+    """Argument parser that reports a bad command line as one `error:` line (exit 2) instead of usage text."""
 
     def error(self, message: str):
         raise UserError(f"{message}; see python cifar/ablate.py --help")
@@ -54,7 +54,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser = StrictParser(
         prog="cifar/ablate.py",
         description="Train every arm of an ablation grid for several seeds at the same budget and compare "
-                    "each arm to the baseline (Welch t-test, 95%% confidence intervals).",
+                    "each arm to the baseline (Welch t-test, 95% confidence intervals).",
         epilog="The grid file sets script, base_config, seeds, budget (one of samples, steps, flops), metric, "
                "baseline, overrides and arms; see cifar/ablations/mnist_lr.yaml. An arm may set _nproc: N to "
                "train with torchrun on N processes, which takes N worker slots.",
@@ -64,13 +64,15 @@ def parse_args(argv) -> argparse.Namespace:
                         help="output folder; it must be new, empty, or hold an earlier run of the same grid "
                              "(then finished runs are kept and only missing or dead runs train)")
     parser.add_argument("--threads-per-run", type=int, default=1, metavar="T",
-                        help="torch threads per training process, passed as system.threads (default 1)")
+                        help="torch threads per training process, passed as system.threads and OMP_NUM_THREADS (default 1)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help=f"worker slots: runs that train at the same time, a _nproc arm taking _nproc slots "
-                             f"(default max(1, usable cores // threads per run), {cores} cores here)")
+                        help=f"worker slots: runs that train at the same time, a _nproc arm taking _nproc slots and "
+                             f"one larger than all slots training alone (default max(1, usable cores // threads "
+                             f"per run), {cores} cores here)")
     parser.add_argument("--seeds", default=None, metavar="0,1,2",
                         help="comma-separated run seeds; replaces the grid's seeds list")
     args = parser.parse_args(argv)
+
     if args.threads_per_run < 1:
         raise UserError(f"--threads-per-run is {args.threads_per_run}, must be at least 1")
     if args.workers is None:
@@ -110,14 +112,14 @@ def check_out_dir(out: Path, grid: Grid) -> bool:
         return True
     stored = out / "grid.yaml"
     if not stored.is_file():
-        raise UserError(f"output folder {out} is not empty and holds no grid.yaml, so it is no ablation of this "
-                        f"grid; pass a new --out folder")
+        raise UserError(f"output folder {out} is not empty and contains no grid.yaml, so it is not an earlier "
+                        f"run of this grid; pass a new --out folder")
     old = _parsed(stored.read_text())
     if not isinstance(old, dict):
         raise UserError(f"{stored} is not a grid mapping; pass a new --out folder")
     differ = sorted(k for k in set(old) | set(grid.mapping) if k != "seeds" and old.get(k) != grid.mapping.get(k))
     if differ:
-        raise UserError(f"output folder {out} holds an ablation of a different grid (keys that differ: "
+        raise UserError(f"output folder {out} contains an ablation of a different grid (keys that differ: "
                         f"{', '.join(differ)}); pass a new --out folder or use the grid in {stored}")
     stored_base = out / "base_config.yaml"
     if stored_base.is_file() and _parsed(stored_base.read_text()) != _parsed(grid.base_config.read_text()):
@@ -139,7 +141,7 @@ def find_finished(folder: Path) -> Path | None:
 
 
 def find_resumable(folder: Path) -> Path | None:
-    """The newest run directory without summary.json that has checkpoints/last.pt."""
+    """Return the newest run directory without summary.json that has checkpoints/last.pt, if any."""
     dead = [p for p in run_dirs(folder)
             if not (p / "summary.json").is_file() and (p / "checkpoints" / "last.pt").is_file()]
     return dead[-1] if dead else None
@@ -161,7 +163,7 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def train_command(grid: Grid, arm: Arm, threads: int, extra: list[str]) -> list[str]:
-    """The script's command line: the launcher, the base config, the arm's overrides, then the runner's keys.
+    """Build the script's command line: the launcher, the base config, the arm's overrides, the runner's keys.
 
     system.num_workers=0 comes first so that a grid can still ask for DataLoader workers.
     """
@@ -189,7 +191,7 @@ def probe_arms(grid: Grid, out: Path, fresh: bool, args) -> tuple[dict[str, dict
     """Run one optimizer step per arm that has no finished probe; return (summaries, temporary probe folder).
 
     For a new OUT the probes go to a temporary folder, so a config that the script rejects leaves no
-    OUT behind; the caller moves that folder to OUT/probes once the whole grid is accepted.
+    OUT behind. The caller moves that folder to OUT/probes once the whole grid is accepted.
     """
     summaries, missing = {}, []
     for arm in grid.arms:
@@ -326,8 +328,8 @@ def train_all(grid: Grid, out: Path, args) -> list[JobResult]:
 
     def on_start(job: Job) -> None:
         p = job.payload
-        how = f"resuming {p['resume']}" if p["resume"] is not None else "new run"
-        print(f"[{p['position']}/{total}] start  arm={p['arm'].name} seed={p['seed']} | {how} | log {job.log_path}",
+        origin = f"resuming {p['resume']}" if p["resume"] is not None else "new run"
+        print(f"[{p['position']}/{total}] start  arm={p['arm'].name} seed={p['seed']} | {origin} | log {job.log_path}",
               flush=True)
 
     def on_finish(result: JobResult) -> None:

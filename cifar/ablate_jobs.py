@@ -43,7 +43,7 @@ class _Running:
 
 
 def unique_path(path: Path) -> Path:
-    """path itself if free, else path with _1, _2, ... before the suffix, so no file is overwritten."""
+    """Return path if it is free, else path with _1, _2, ... before the suffix, so no file is overwritten."""
     candidate, n = path, 0
     while candidate.exists():
         n += 1
@@ -98,7 +98,7 @@ def run_jobs(jobs: list[Job], workers: int, on_start: Callable[[Job], None],
 
 
 def first_error_line(log_path: Path) -> str | None:
-    """The first `error: ...` line a child printed (the contract's report of bad input), if any."""
+    """Return the first `error: ...` line a child printed (the contract's report of bad input), if any."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:

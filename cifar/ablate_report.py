@@ -3,7 +3,7 @@
 Each arm's metric and test accuracy are summarised over seeds (mean, sample std, 95% t interval),
 and each non-baseline arm is compared with the baseline by Welch's t-test (common/stats.py).
 An arm "beats" or "is worse than" the baseline only when p < 0.05 and the 95% interval of the
-difference excludes 0; otherwise the report says that no difference was detected at this budget.
+difference excludes 0. Otherwise the report states that no difference was detected at this budget.
 The metric and test_acc are fractions in summary.json and are printed in percent, their
 differences in percentage points (pp).
 """
@@ -11,7 +11,10 @@ differences in percentage points (pp).
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class Record:
     train_time_s: float
     run_dir: str
     global_batch: int
+    device: str  # "" when the script's summary.json has no device key
 
 
 def read_json(path: Path) -> dict:
@@ -50,7 +54,7 @@ def record_from_summary(arm: str, seed: int, metric: str, run_dir: Path) -> Reco
         arm=arm, seed=seed, metric=float(summary[metric]), test_acc=float(summary["test_acc"]), steps=steps,
         samples=steps * int(summary["global_batch"]), flops=steps * float(summary["flops_per_step"]),
         train_time_s=float(summary.get("train_time_s") or 0.0), run_dir=str(run_dir),
-        global_batch=int(summary["global_batch"]),
+        global_batch=int(summary["global_batch"]), device=str(summary.get("device", "")),
     )
 
 
@@ -71,7 +75,7 @@ def n_text(result: WelchResult) -> str:
 
 
 def decision_line(arm: str, result: WelchResult) -> str:
-    """One sentence: beats, is worse than, no detectable difference, or why no test was possible."""
+    """Word the comparison as one sentence: beats, is worse than, no detectable difference, or why no test ran."""
     diff = f"{signed_pp(result.diff)} pp"
     if result.p is None:
         return f"arm {arm}: no test at this budget ({diff}, n = {n_text(result)}): {result.note.removeprefix('no test: ')}"
@@ -113,7 +117,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def compare(records: list[Record], grid) -> tuple[list[str], list[list[str]]]:
-    """Decision lines and comparison table rows for every non-baseline arm."""
+    """Build the decision lines and comparison table rows for every non-baseline arm."""
     decisions, rows = [], []
     base_metric = values(records, grid.baseline, "metric")
     base_test = values(records, grid.baseline, "test_acc")
@@ -147,7 +151,7 @@ def write_markdown(path: Path, grid, records: list[Record], missing: list[str], 
     shared = grid.mapping.get("overrides") or {}
     budget_rows = []
     for arm in grid.arms:
-        own = {k: v for k, v in (grid.mapping["arms"][arm.name] or {}).items()}
+        own = grid.mapping["arms"][arm.name] or {}
         budget_rows.append([
             arm.name, ", ".join(f"`{k}={v}`" for k, v in own.items()) or "(base config)", str(arm.nproc),
             str(arm.global_batch), f"{arm.steps:,}", f"{arm.steps * arm.global_batch:,}",
@@ -259,7 +263,7 @@ def plot_arms(path: Path, grid, records: list[Record]) -> None:
 
 
 def val_curve(record: Record) -> dict[int, float]:
-    """Validation accuracy by samples seen (step x global batch), from the run's metrics.csv."""
+    """Read validation accuracy by samples seen (step x global batch) from the run's metrics.csv."""
     rows = read_metrics(Path(record.run_dir) / "metrics.csv")
     return {int(row["step"]) * record.global_batch: float(row["acc"]) for row in rows if row["split"] == "val"}
 
@@ -293,12 +297,34 @@ def plot_curves(path: Path, grid, records: list[Record]) -> None:
     plt.close(fig)
 
 
+def describe_machine(records: list[Record]) -> str:
+    """Describe the CPU, cores, OS, Python and torch versions, and the devices the runs reported.
+
+    The runner never imports torch (that would add seconds to every call), so the torch version comes
+    from the installed package metadata and the devices from the runs' summary.json `device` key.
+    """
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    devices = sorted({r.device for r in records if r.device})
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch_version}, runs on device "
+            f"{', '.join(devices) or 'unknown (no device key in summary.json)'}")
+
+
 def write_report(out: Path, grid, records: list[Record], missing: list[str], workers: int, threads: int) -> list[str]:
     """Write every report file into OUT and return the decision lines."""
-    from common.report import machine_description  # imports torch, which only the report needs
-
     write_csv(out / "ablation.csv", records, grid.metric)
-    decisions = write_markdown(out / "ablation.md", grid, records, missing, machine_description(), workers, threads)
+    decisions = write_markdown(out / "ablation.md", grid, records, missing, describe_machine(records), workers, threads)
     (out / "plots").mkdir(exist_ok=True)
     plot_arms(out / "plots" / "arms.png", grid, records)
     plot_curves(out / "plots" / "curves.png", grid, records)

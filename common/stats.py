@@ -14,7 +14,7 @@ tests/test_stats.py checks both against scipy.stats to 1e-10 for df from 0.5 to 
 Degenerate cases return None fields rather than raising or dividing by zero:
 - fewer than 2 values: a mean, but no standard deviation, no interval and no test;
 - zero variance in both samples: equal means give p = 1 and the interval [0, 0]; different means
-  give no p-value and no interval, because the t statistic is infinite. `note` says which case.
+  give no p-value and no interval, because the t statistic is infinite. `note` names the case.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def mean(values: Sequence[float]) -> float:
 
 
 def std(values: Sequence[float]) -> float:
-    """Sample standard deviation (ddof=1); needs at least 2 values."""
+    """Compute the sample standard deviation (ddof=1) of at least 2 values."""
     if len(values) < 2:
         raise ValueError(f"sample standard deviation needs at least 2 values, got {len(values)}")
     center = mean(values)
@@ -43,7 +43,7 @@ def std(values: Sequence[float]) -> float:
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) without its prefactor; converges fast for x < (a + 1) / (a + b + 2).
+    """Evaluate the continued fraction of I_x(a, b) without its prefactor, which converges fast for x < (a + 1) / (a + b + 2).
 
     The terms are d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)) and d(2m) = m(b-m) x / ((a+2m-1)(a+2m)),
     and the fraction 1 / (1 + d1 / (1 + d2 / (1 + ...))) is evaluated front to back with Lentz's method.
@@ -68,7 +68,7 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
 
 
 def betainc(a: float, b: float, x: float, one_minus_x: float | None = None) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1.
+    """Compute the regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1.
 
     Pass one_minus_x when it is known more exactly than 1 - x (x close to 1 loses digits otherwise).
     """
@@ -97,7 +97,7 @@ def _check_df(df: float) -> None:
 
 
 def t_sf(t: float, df: float) -> float:
-    """Upper tail P(T > t) of Student's t with df degrees of freedom (df may be fractional)."""
+    """Compute the upper tail P(T > t) of Student's t with df degrees of freedom (df may be fractional)."""
     _check_df(df)
     if math.isnan(t):
         return math.nan
@@ -110,12 +110,12 @@ def t_sf(t: float, df: float) -> float:
 
 
 def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) of Student's t with df degrees of freedom."""
+    """Compute P(T <= t) of Student's t with df degrees of freedom."""
     return t_sf(-t, df)
 
 
 def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t: the t with P(T <= t) = q, found by bisection on the tail probability."""
+    """Find the quantile of Student's t, the t with P(T <= t) = q, by bisection on the tail probability."""
     _check_df(df)
     if not 0.0 < q < 1.0:
         raise ValueError(f"t quantile needs 0 < q < 1, got {q}")
@@ -128,7 +128,7 @@ def t_ppf(q: float, df: float) -> float:
 
 
 def _t_isf(tail: float, df: float) -> float:
-    """The t >= 0 with P(T > t) = tail, for 0 < tail < 0.5."""
+    """Find the t >= 0 with P(T > t) = tail, for 0 < tail < 0.5."""
     low, high = 0.0, 1.0
     while t_sf(high, df) > tail:
         low, high = high, 2.0 * high
@@ -156,7 +156,7 @@ class MeanCI:
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
-    """Mean and the t interval mean +- t_((1+level)/2, n-1) * s / sqrt(n); no interval when n < 2."""
+    """Compute the mean and the t interval mean +- t_((1+level)/2, n-1) * s / sqrt(n), with no interval when n < 2."""
     n = len(values)
     center = mean(values)
     if n < 2:
@@ -168,7 +168,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
 
 @dataclass
 class WelchResult:
-    """Welch's two-sample t-test of mean(b) - mean(a). Fields that a degenerate case leaves undefined are None."""
+    """Result of Welch's two-sample t-test of mean(b) - mean(a). Fields that a degenerate case leaves undefined are None."""
 
     diff: float
     n_a: int
@@ -183,7 +183,7 @@ class WelchResult:
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> WelchResult:
-    """Welch's unequal-variance t-test of mean(b) - mean(a), with its CI and two-sided p-value.
+    """Test mean(b) - mean(a) with Welch's unequal-variance t-test, returning its CI and two-sided p-value.
 
     Degrees of freedom from Welch-Satterthwaite: (va/na + vb/nb)^2 / ((va/na)^2/(na-1) + (vb/nb)^2/(nb-1)).
     """
