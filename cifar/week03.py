@@ -19,7 +19,7 @@ from pathlib import Path
 from cifar import train as cifar_train
 from cifar.model import forward_flops_per_image
 from common.errors import UserError, run_cli
-from common.report import fresh_out_dir, machine_description, markdown_table, merge_metrics
+from common.report import machine_description, report_dir, markdown_table, merge_metrics
 from common.run import read_metrics
 
 CONFIGS = {"mlp": "cifar/configs/mlp.yaml", "cnn": "cifar/configs/cnn.yaml", "resnet": "cifar/configs/resnet.yaml"}
@@ -155,38 +155,38 @@ Repeat the best two arms over several seeds with `cifar/ablate.py`, and run
 
 def main(argv) -> None:
     args = parse_args(argv)
-    out = fresh_out_dir(args.out)
-    records = []
-    data_sizes = {}
-    for model in args.models:
-        ms_per_step = probe_ms_per_step(args, out, model)
-        scheduled = max(1, int(args.budget_s * (1 - EVAL_SHARE) * 1000 / ms_per_step))
-        for augment in (True, False):
-            print(f"=== week03 arm {len(records) + 1}/{2 * len(args.models)}: {model}, augmentation "
-                  f"{'on' if augment else 'off'}, {scheduled} scheduled steps at {ms_per_step:.0f} ms/step", flush=True)
-            result = cifar_train.main([
-                *common_args(args, out, model), f"--run.name={model}_aug{'on' if augment else 'off'}",
-                f"--run.results_dir={out / 'runs'}", f"--data.augment={str(augment).lower()}",
-                f"--train.schedule_steps={scheduled}", f"--train.time_limit_s={args.budget_s}",
-            ])
-            summary = result["summary"]
-            records.append({
-                "model": model, "augment": augment, "params": summary["params"],
-                "mflops": forward_flops_per_image(result["model"]) / 1e6, "steps": summary["steps"], "scheduled": scheduled,
-                "train_time_s": summary["train_time_s"], "best_val_acc": summary["best_val_acc"],
-                "test_acc": summary["test_acc"], "run_dir": str(result["run_dir"]),
-            })
-            data_sizes = {"train": summary["train_examples"], "val": summary["val_examples"], "test": summary["test_examples"]}
-    merge_metrics([({"model": r["model"], "augment": r["augment"]}, Path(r["run_dir"]) / "metrics.csv")
-                   for r in records], out / "metrics.csv")
-    with open(out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0].keys()))
-        writer.writeheader()
-        writer.writerows(records)
-    plot(records, out)
-    write_notes(records, args, out, data_sizes)
-    (out / "arms.json").write_text(json.dumps(records, indent=2) + "\n")
-    print(f"week03 report: {out / 'notes.md'}")
+    with report_dir(args.out) as out:
+        records = []
+        data_sizes = {}
+        for model in args.models:
+            ms_per_step = probe_ms_per_step(args, out, model)
+            scheduled = max(1, int(args.budget_s * (1 - EVAL_SHARE) * 1000 / ms_per_step))
+            for augment in (True, False):
+                print(f"=== week03 arm {len(records) + 1}/{2 * len(args.models)}: {model}, augmentation "
+                      f"{'on' if augment else 'off'}, {scheduled} scheduled steps at {ms_per_step:.0f} ms/step", flush=True)
+                result = cifar_train.main([
+                    *common_args(args, out, model), f"--run.name={model}_aug{'on' if augment else 'off'}",
+                    f"--run.results_dir={out / 'runs'}", f"--data.augment={str(augment).lower()}",
+                    f"--train.schedule_steps={scheduled}", f"--train.time_limit_s={args.budget_s}",
+                ])
+                summary = result["summary"]
+                records.append({
+                    "model": model, "augment": augment, "params": summary["params"],
+                    "mflops": forward_flops_per_image(result["model"]) / 1e6, "steps": summary["steps"], "scheduled": scheduled,
+                    "train_time_s": summary["train_time_s"], "best_val_acc": summary["best_val_acc"],
+                    "test_acc": summary["test_acc"], "run_dir": str(result["run_dir"]),
+                })
+                data_sizes = {"train": summary["train_examples"], "val": summary["val_examples"], "test": summary["test_examples"]}
+        merge_metrics([({"model": r["model"], "augment": r["augment"]}, Path(r["run_dir"]) / "metrics.csv")
+                       for r in records], out / "metrics.csv")
+        with open(out / "runs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0].keys()))
+            writer.writeheader()
+            writer.writerows(records)
+        plot(records, out)
+        write_notes(records, args, out, data_sizes)
+        (out / "arms.json").write_text(json.dumps(records, indent=2) + "\n")
+        print(f"week03 report: {out / 'notes.md'}")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,9 @@ def coerce_value(key: str, value: Any, tp: type, from_cli: bool) -> Any:
     """Convert a YAML or command-line value to the field type, or raise UserError naming the key."""
 
     def wrong() -> UserError:
-        return UserError(
-            f"config key {key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
-            f"fix the value in the YAML file or the override"
-        )
+        # Command-line values are always strings, so their type says nothing; YAML values have real types.
+        got = f"{value!r}" if from_cli else f"{value!r} ({type(value).__name__})"
+        return UserError(f"config key {key} expects {_type_name(tp)}, got {got}; fix the value in the YAML file or the override")
 
     if tp is bool:
         if isinstance(value, bool):
@@ -77,7 +76,7 @@ def coerce_value(key: str, value: Any, tp: type, from_cli: bool) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str):
+        if isinstance(value, str) and from_cli:
             try:
                 return int(value.replace("_", ""))
             except ValueError:
@@ -156,8 +155,10 @@ def load_yaml(path: str) -> Any:
     try:
         return yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise UserError(f"config file {path} is not valid YAML ({first_line}); fix the file") from None
+        problem = getattr(exc, "problem", None) or "syntax error"
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML ({problem}{where}); fix the file") from None
 
 
 def format_help(cfg_cls: type, prog: str, description: str) -> str:
@@ -217,6 +218,12 @@ def parse_config(cfg_cls: type, argv: Sequence[str], prog: str, description: str
         i += 1
 
     cfg = cfg_cls()
+    resume = dict(overrides).get("run.resume")
+    if config_path is None and resume:
+        # Resuming without --config continues with the config the run was started with.
+        saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else Path(resume).parent.parent / "config.yaml"
+        if saved.is_file():
+            config_path = str(saved)
     if config_path is not None:
         apply_mapping(cfg, load_yaml(config_path), config_path)
     for name, value in overrides:

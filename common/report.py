@@ -3,6 +3,8 @@
 import csv
 import os
 import platform
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,21 @@ def fresh_out_dir(path: str) -> Path:
     out.mkdir(parents=True)
     (out / "plots").mkdir()
     return out
+
+
+@contextmanager
+def report_dir(path: str):
+    """Create a fresh report folder; if the report fails before any run finished, remove the folder again.
+
+    A folder that already holds a finished run (a summary.json) is kept, so no result is lost.
+    """
+    out = fresh_out_dir(path)
+    try:
+        yield out
+    except BaseException:
+        if not any(out.rglob("summary.json")):
+            shutil.rmtree(out)
+        raise
 
 
 def machine_description() -> str:

@@ -110,7 +110,12 @@ def setup_logging(run_dir: Path | None, is_main: bool, name: str = "train") -> l
         logger.setLevel(logging.INFO)
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(formatter)
+        console.addFilter(lambda record: record.levelno < logging.WARNING)
         logger.addHandler(console)
+        warnings = logging.StreamHandler(sys.stderr)
+        warnings.setLevel(logging.WARNING)
+        warnings.setFormatter(formatter)
+        logger.addHandler(warnings)
         if run_dir is not None:
             file_handler = logging.FileHandler(run_dir / "train.log")
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

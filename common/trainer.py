@@ -173,11 +173,11 @@ def resolve_resume_dir(resume: str) -> tuple[Path, Path]:
 def check_system(cfg, info: DistInfo) -> None:
     """Reject combinations the hardware or the world size cannot run, before any work starts."""
     if cfg.system.dtype == "float16" and info.device.type != "cuda":
-        raise UserError(f"system.dtype float16 needs CUDA (a gradient scaler), but the device is {info.device.type}; use bfloat16 or float32")
+        raise UserError(f"system.dtype float16 runs only on CUDA (its gradient scaler is CUDA-only), but the device is {info.device.type}; use bfloat16 or float32")
     per_step = info.world_size * cfg.train.grad_accum_steps
     if cfg.train.batch_size % per_step != 0:
         raise UserError(
-            f"train.batch_size {cfg.train.batch_size} does not divide by world size {info.world_size} x "
+            f"train.batch_size {cfg.train.batch_size} is not divisible by world size {info.world_size} x "
             f"grad_accum_steps {cfg.train.grad_accum_steps}; pick a multiple of {per_step}"
         )
 
@@ -270,6 +270,13 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
     if cfg.run.resume:
         run_dir, ckpt_path = resolve_resume_dir(cfg.run.resume)
         ckpt = load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt:
+            raise UserError(
+                f"checkpoint {ckpt_path} holds model weights only (a best.pt), not the training state; "
+                f"resume from the run directory {run_dir}, which uses checkpoints/last.pt"
+            )
+        if info.is_main and not (run_dir / "metrics.csv").is_file():
+            raise UserError(f"run directory {run_dir} has no metrics.csv; resume a directory written by a training run")
         saved_model = ckpt["config"]["model"]
         if saved_model["name"] != cfg.model.name:
             raise UserError(
@@ -302,7 +309,10 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
         log = setup_logging(run_dir, True)
         if keep_rows is None:
             write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        metrics = MetricsWriter(run_dir / "metrics.csv", METRIC_COLUMNS, keep_rows=keep_rows)
+        try:
+            metrics = MetricsWriter(run_dir / "metrics.csv", METRIC_COLUMNS, keep_rows=keep_rows)
+        except ValueError as exc:
+            raise UserError(f"cannot resume: {exc}; resume a run directory written by this script") from None
     if changed and info.is_main:
         log.warning(f"warning: resuming with changed config keys {', '.join(changed)}")
 
@@ -328,7 +338,7 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
     log.info(f"global batch {global_batch} = {info.world_size} ranks x {cfg.train.grad_accum_steps} micro-steps x {micro_batch} | "
              f"{len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images")
     log.info(f"{steps_per_epoch} steps/epoch | schedule spans {total_steps} steps | this run stops at step {stop_step} | "
-             f"{flops_per_step / 1e9:.3f} GFLOP/step | peak {peak:.2f} TFLOP/s per rank")
+             f"{flops_per_step / 1e9:.3f} GFLOP/step | MFU peak {peak:.2f} TFLOP/s per rank")
     if step:
         log.info(f"resumed from step {step} (epoch {step // steps_per_epoch}, batch {step % steps_per_epoch})")
 
@@ -352,84 +362,89 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
     interval_totals = torch.zeros(3, dtype=torch.float64, device=info.device)
     grad_norm = torch.zeros((), device=info.device)
     model.train()
-    while step < stop_step:
-        epoch = step // steps_per_epoch
-        sampler.set_epoch(epoch, start_step=step % steps_per_epoch)
-        for x, y in loader:
-            x = x.to(info.device, non_blocking=True)
-            y = y.to(info.device, non_blocking=True)
-            if augment is not None:
-                x = augment(x)  # on the device, drawing from the global RNG that checkpoints capture
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            micro = list(zip(x.split(micro_batch), y.split(micro_batch)))
-            interval_totals += train_step(model, micro, global_batch, info.world_size, cfg.system.dtype, scaler,
-                                          cfg.train.label_smoothing)
-            scaler.unscale_(optimizer)
-            max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            interval_steps += 1
-            if cfg.train.time_limit_s > 0 and time_is_up(elapsed_before + time.perf_counter() - loop_start,
-                                                         cfg.train.time_limit_s, info):
-                stop_step = step  # ends the run here, with the usual final validation and checkpoint
+    try:
+        while step < stop_step:
+            epoch = step // steps_per_epoch
+            sampler.set_epoch(epoch, start_step=step % steps_per_epoch)
+            for x, y in loader:
+                x = x.to(info.device, non_blocking=True)
+                y = y.to(info.device, non_blocking=True)
+                if augment is not None:
+                    x = augment(x)  # on the device, drawing from the global RNG that checkpoints capture
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                micro = list(zip(x.split(micro_batch), y.split(micro_batch)))
+                interval_totals += train_step(model, micro, global_batch, info.world_size, cfg.system.dtype, scaler,
+                                              cfg.train.label_smoothing)
+                scaler.unscale_(optimizer)
+                max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                interval_steps += 1
+                if cfg.train.time_limit_s > 0 and time_is_up(elapsed_before + time.perf_counter() - loop_start,
+                                                             cfg.train.time_limit_s, info):
+                    stop_step = step  # ends the run here, with the usual final validation and checkpoint
 
-            epoch_end = step % steps_per_epoch == 0 or step == stop_step
-            if step % cfg.train.log_every == 0 or epoch_end:
-                sync(info.device)
-                seconds = time.perf_counter() - interval_start
-                if step > cfg.train.log_every or step == stop_step:
-                    timed_seconds += seconds
-                    timed_steps += interval_steps
-                all_reduce_sum(interval_totals, info)  # the .tolist() below waits for the device
-                loss_sum, correct, count = interval_totals.tolist()
-                ms_per_step = 1000 * seconds / interval_steps
-                samples_per_s = global_batch * interval_steps / seconds
-                step_mfu = mfu(flops_per_step, seconds / interval_steps, peak * info.world_size)
-                peak_mb = peak_memory_mb(info.device)
-                if info.is_main:
-                    metrics.log(step=step, epoch=epoch, split="train", loss=loss_sum / count, acc=correct / count,
-                                lr=lr, grad_norm=grad_norm.item(), samples_per_s=samples_per_s, ms_per_step=ms_per_step,
-                                peak_mem_mb=peak_mb, mfu=step_mfu, elapsed_s=elapsed_before + time.perf_counter() - loop_start)
-                mfu_text = f" | mfu {100 * step_mfu:.1f}%" if step_mfu is not None else ""
-                log.info(f"step {step}/{stop_step} | epoch {epoch} | loss {loss_sum / count:.4f} | lr {lr:.2e} | "
-                         f"grad_norm {grad_norm.item():.3f} | {ms_per_step:.1f} ms/step | {samples_per_s:,.0f} samples/s | "
-                         f"peak_mem {peak_mb:.0f} MB{mfu_text}")
-                interval_totals.zero_()
-                interval_start, interval_steps = time.perf_counter(), 0
-
-            do_eval = epoch_end or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
-            do_ckpt = epoch_end or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0)
-            if do_eval or do_ckpt:
-                sync(info.device)
-                pause_start = time.perf_counter()
-                broadcast_buffers(raw_model, info)
-                if do_eval:
-                    val_loss, val_acc, val_count = evaluate(unwrap_model(model), data["val"], info, cfg.train.eval_batch_size, cfg.system.dtype)
+                epoch_end = step % steps_per_epoch == 0 or step == stop_step
+                if step % cfg.train.log_every == 0 or epoch_end:
+                    sync(info.device)
+                    seconds = time.perf_counter() - interval_start
+                    if step > cfg.train.log_every or step == stop_step:
+                        timed_seconds += seconds
+                        timed_steps += interval_steps
+                    all_reduce_sum(interval_totals, info)  # the .tolist() below waits for the device
+                    loss_sum, correct, count = interval_totals.tolist()
+                    ms_per_step = 1000 * seconds / interval_steps
+                    samples_per_s = global_batch * interval_steps / seconds
+                    step_mfu = mfu(flops_per_step, seconds / interval_steps, peak * info.world_size)
+                    peak_mb = peak_memory_mb(info.device)
                     if info.is_main:
-                        metrics.log(step=step, epoch=epoch, split="val", loss=val_loss, acc=val_acc,
-                                    elapsed_s=elapsed_before + time.perf_counter() - loop_start)
-                    improved = val_acc > best_val_acc
-                    log.info(f"val step {step} | loss {val_loss:.4f} | acc {100 * val_acc:.2f}% over {val_count} images"
-                             + (" | new best" if improved else ""))
-                    if improved:
-                        best_val_acc, best_step = val_acc, step
+                        metrics.log(step=step, epoch=epoch, split="train", loss=loss_sum / count, acc=correct / count,
+                                    lr=lr, grad_norm=grad_norm.item(), samples_per_s=samples_per_s, ms_per_step=ms_per_step,
+                                    peak_mem_mb=peak_mb, mfu=step_mfu, elapsed_s=elapsed_before + time.perf_counter() - loop_start)
+                    mfu_text = f" | mfu {100 * step_mfu:.1f}%" if step_mfu is not None else ""
+                    log.info(f"step {step}/{stop_step} | epoch {epoch} | loss {loss_sum / count:.4f} | lr {lr:.2e} | "
+                             f"grad_norm {grad_norm.item():.3f} | {ms_per_step:.1f} ms/step | {samples_per_s:,.0f} samples/s | "
+                             f"peak_mem {peak_mb:.0f} MB{mfu_text}")
+                    interval_totals.zero_()
+                    interval_start, interval_steps = time.perf_counter(), 0
+
+                do_eval = epoch_end or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
+                do_ckpt = epoch_end or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0)
+                if do_eval or do_ckpt:
+                    sync(info.device)
+                    pause_start = time.perf_counter()
+                    broadcast_buffers(raw_model, info)
+                    if do_eval:
+                        val_loss, val_acc, val_count = evaluate(unwrap_model(model), data["val"], info, cfg.train.eval_batch_size, cfg.system.dtype)
                         if info.is_main:
-                            save_checkpoint(run_dir / "checkpoints" / "best.pt", {
-                                "model": unwrap_model(model).state_dict(), "step": step, "val_acc": val_acc,
-                                "config": config_to_dict(cfg),
-                            })
-                if do_ckpt:
-                    save("last.pt")
-                    log.info(f"checkpoint saved at step {step}")
-                interval_start += time.perf_counter() - pause_start
-            if step == stop_step or step % steps_per_epoch == 0:
-                break
+                            metrics.log(step=step, epoch=epoch, split="val", loss=val_loss, acc=val_acc,
+                                        elapsed_s=elapsed_before + time.perf_counter() - loop_start)
+                        improved = val_acc > best_val_acc
+                        log.info(f"val step {step} | loss {val_loss:.4f} | acc {100 * val_acc:.2f}% over {val_count} images"
+                                 + (" | new best" if improved else ""))
+                        if improved:
+                            best_val_acc, best_step = val_acc, step
+                            if info.is_main:
+                                save_checkpoint(run_dir / "checkpoints" / "best.pt", {
+                                    "model": unwrap_model(model).state_dict(), "step": step, "val_acc": val_acc,
+                                    "config": config_to_dict(cfg),
+                                })
+                    if do_ckpt:
+                        save("last.pt")
+                        log.info(f"checkpoint saved at step {step}")
+                    interval_start += time.perf_counter() - pause_start
+                if step == stop_step or step % steps_per_epoch == 0:
+                    break
+    except KeyboardInterrupt:
+        # One line instead of a traceback: where the run stopped and how to continue it.
+        log.warning(f"interrupted at step {step}; continue from the last checkpoint with --run.resume={run_dir}")
+        raise
     train_time_s = elapsed_before + time.perf_counter() - loop_start
 
     # Final evaluation: the test set, once, with the checkpoint that scored best on validation.

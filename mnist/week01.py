@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from common.errors import UserError, run_cli
-from common.report import fresh_out_dir, machine_description, markdown_table, merge_metrics
+from common.report import machine_description, report_dir, markdown_table, merge_metrics
 from common.run import read_metrics
 from mnist import train as mnist_train
 
@@ -221,18 +221,18 @@ usually moves down as training gets longer).
 
 def main(argv) -> None:
     args = parse_args(argv)
-    out = fresh_out_dir(args.out)
-    records = run_sweep(args, out)
-    merge_metrics([({"model": r["model"], "lr": r["lr"], "seed": r["seed"]}, Path(r["run_dir"]) / "metrics.csv")
-                   for r in records], out / "metrics.csv")
-    with open(out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0].keys()))
-        writer.writeheader()
-        writer.writerows(records)
-    plot_results(records, out, args.models)
-    write_notes(records, args, out)
-    (out / "sweep.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    print(f"week01 report: {out / 'notes.md'}")
+    with report_dir(args.out) as out:
+        records = run_sweep(args, out)
+        merge_metrics([({"model": r["model"], "lr": r["lr"], "seed": r["seed"]}, Path(r["run_dir"]) / "metrics.csv")
+                       for r in records], out / "metrics.csv")
+        with open(out / "runs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0].keys()))
+            writer.writeheader()
+            writer.writerows(records)
+        plot_results(records, out, args.models)
+        write_notes(records, args, out)
+        (out / "sweep.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        print(f"week01 report: {out / 'notes.md'}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError, run_cli
-from common.report import fresh_out_dir, machine_description, markdown_table, merge_metrics
+from common.report import machine_description, report_dir, markdown_table, merge_metrics
 from common.run import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def run_arm(arm: dict, args, out: Path) -> Path:
     print(f"=== week02 arm {arm['name']}: {' '.join(command[1:])}", flush=True)
     proc = subprocess.run(command, cwd=REPO, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"arm {arm['name']} failed with exit status {proc.returncode}")
+        raise UserError(f"arm {arm['name']} failed with exit status {proc.returncode}; its error is printed above")
     (run_dir,) = [p for p in results_dir.iterdir() if p.is_dir()]
     return run_dir
 
@@ -125,93 +125,93 @@ def plot(results: list[dict], out: Path) -> None:
 
 def main(argv) -> None:
     args = parse_args(argv)
-    out = fresh_out_dir(args.out)
-    cores = os.cpu_count() or 1
-    results = []
-    for arm in arms(cores):
-        run_dir = run_arm(arm, args, out)
-        results.append({**arm, "run_dir": run_dir, **measure(run_dir)})
-    merge_metrics([({"arm": r["name"], "nproc": r["nproc"], "threads": r["threads"], "dtype": r["dtype"]},
-                    r["run_dir"] / "metrics.csv") for r in results], out / "metrics.csv")
-    plot(results, out)
+    with report_dir(args.out) as out:
+        cores = os.cpu_count() or 1
+        results = []
+        for arm in arms(cores):
+            run_dir = run_arm(arm, args, out)
+            results.append({**arm, "run_dir": run_dir, **measure(run_dir)})
+        merge_metrics([({"arm": r["name"], "nproc": r["nproc"], "threads": r["threads"], "dtype": r["dtype"]},
+                        r["run_dir"] / "metrics.csv") for r in results], out / "metrics.csv")
+        plot(results, out)
 
-    by_name = {r["name"]: r for r in results}
-    one, many = by_name["1proc_1thread_fp32"], by_name[f"1proc_{cores}threads_fp32"]
-    two, two_bf16 = by_name["2proc_1thread_fp32"], by_name["2proc_1thread_bf16"]
-    efficiency = two["samples_per_s"] / (2 * one["samples_per_s"])
-    vs_threads = two["samples_per_s"] / many["samples_per_s"]
-    table = markdown_table(
-        ["arm", "processes x threads", "dtype", "samples/s median (min to max)", "ms/step", "peak RSS per rank (MB)", "MFU", "test acc"],
-        [[r["name"], f"{r['nproc']} x {r['threads']}", r["dtype"],
-          f"{r['samples_per_s']:,.0f} ({r['samples_per_s_min']:,.0f} to {r['samples_per_s_max']:,.0f})",
-          f"{r['ms_per_step']:.1f}", f"{r['peak_mem_mb']:.0f}", f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a",
-          f"{100 * r['test_acc']:.2f}%"] for r in results],
-    )
-    (out / "throughput.md").write_text(table + "\n")
-    steps = results[0]["steps"]
-    if vs_threads > 1.05:
-        threads_verdict = "processes scale better than intra-op threads for this small CNN"
-    elif vs_threads < 0.95:
-        threads_verdict = "intra-op threads reach at least as much as processes here"
-    else:
-        threads_verdict = "the two ways of using the cores are about equal here"
-    if two_bf16["samples_per_s"] > 1.05 * two["samples_per_s"]:
-        bf16_verdict = "a gain, so this CPU has fast bf16 matmuls"
-    else:
-        bf16_verdict = ("no gain here; autocast adds casts, and bf16 matmuls only pay off on CPUs with "
-                        "native bf16 instructions (AVX512-BF16 or AMX)")
-    notes = f"""# Week 2: DDP and mixed precision on CPU
+        by_name = {r["name"]: r for r in results}
+        one, many = by_name["1proc_1thread_fp32"], by_name[f"1proc_{cores}threads_fp32"]
+        two, two_bf16 = by_name["2proc_1thread_fp32"], by_name["2proc_1thread_bf16"]
+        efficiency = two["samples_per_s"] / (2 * one["samples_per_s"])
+        vs_threads = two["samples_per_s"] / many["samples_per_s"]
+        table = markdown_table(
+            ["arm", "processes x threads", "dtype", "samples/s median (min to max)", "ms/step", "peak RSS per rank (MB)", "MFU", "test acc"],
+            [[r["name"], f"{r['nproc']} x {r['threads']}", r["dtype"],
+              f"{r['samples_per_s']:,.0f} ({r['samples_per_s_min']:,.0f} to {r['samples_per_s_max']:,.0f})",
+              f"{r['ms_per_step']:.1f}", f"{r['peak_mem_mb']:.0f}", f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a",
+              f"{100 * r['test_acc']:.2f}%"] for r in results],
+        )
+        (out / "throughput.md").write_text(table + "\n")
+        steps = results[0]["steps"]
+        if vs_threads > 1.05:
+            threads_verdict = "processes scale better than intra-op threads for this small CNN"
+        elif vs_threads < 0.95:
+            threads_verdict = "intra-op threads reach at least as much as processes here"
+        else:
+            threads_verdict = "the two ways of using the cores are about equal here"
+        if two_bf16["samples_per_s"] > 1.05 * two["samples_per_s"]:
+            bf16_verdict = "a gain, so this CPU has fast bf16 matmuls"
+        else:
+            bf16_verdict = ("no gain here; autocast adds casts, and bf16 matmuls only pay off on CPUs with "
+                            "native bf16 instructions (AVX512-BF16 or AMX)")
+        notes = f"""# Week 2: DDP and mixed precision on CPU
 
-## Hypothesis
+    ## Hypothesis
 
-At one global batch (128), 2 processes with 1 thread each should train about twice as fast as
-1 process with 1 thread, minus the cost of the gradient all-reduce; on a machine with {cores} cores,
-a single process using all {cores} threads is the real competitor. The final accuracy should not
-depend on the number of processes beyond noise, because every step sees the same 128 samples; it
-is not bitwise equal, since each rank computes BatchNorm statistics over its own 64 samples and
-draws its own dropout masks.
+    At one global batch (128), 2 processes with 1 thread each should train about twice as fast as
+    1 process with 1 thread, minus the cost of the gradient all-reduce; on a machine with {cores} cores,
+    a single process using all {cores} threads is the real competitor. The final accuracy should not
+    depend on the number of processes beyond noise, because every step sees the same 128 samples; it
+    is not bitwise equal, since each rank computes BatchNorm statistics over its own 64 samples and
+    draws its own dropout masks.
 
-## Method
+    ## Method
 
-- `{CONFIG}` (the CNN), {steps} optimizer steps per arm, one run per arm, CPU only, gloo over loopback.
-- Throughput: median of the per-interval samples/s over {results[0]['intervals']} intervals of
-  {args.log_every} steps, first interval dropped; peak memory is the peak resident set size of rank 0
-  (the whole process: Python, torch and the data). MFU uses the measured fp32 matmul peak of each
-  process's threads, so bfloat16 rows are measured against the fp32 peak.
-- Machine: {machine_description()}.
+    - `{CONFIG}` (the CNN), {steps} optimizer steps per arm, one run per arm, CPU only, gloo over loopback.
+    - Throughput: median of the per-interval samples/s over {results[0]['intervals']} intervals of
+      {args.log_every} steps, first interval dropped; peak memory is the peak resident set size of rank 0
+      (the whole process: Python, torch and the data). MFU uses the measured fp32 matmul peak of each
+      process's threads, so bfloat16 rows are measured against the fp32 peak.
+    - Machine: {machine_description()}.
 
-## Result
+    ## Result
 
-{table}
+    {table}
 
-- Scaling efficiency, 2 x 1 thread against 1 x 1 thread: **{100 * efficiency:.0f}%**
-  ({two['samples_per_s']:,.0f} vs 2 x {one['samples_per_s']:,.0f} samples/s).
-- 2 processes x 1 thread against 1 process x {cores} threads: **{vs_threads:.2f}x** the throughput.
-- Test accuracy: 1 process {100 * one['test_acc']:.2f}%, 2 processes {100 * two['test_acc']:.2f}%
-  ({100 * (two['test_acc'] - one['test_acc']):+.2f} pp); bfloat16 under DDP {100 * two_bf16['test_acc']:.2f}%.
+    - Scaling efficiency, 2 x 1 thread against 1 x 1 thread: **{100 * efficiency:.0f}%**
+      ({two['samples_per_s']:,.0f} vs 2 x {one['samples_per_s']:,.0f} samples/s).
+    - 2 processes x 1 thread against 1 process x {cores} threads: **{vs_threads:.2f}x** the throughput.
+    - Test accuracy: 1 process {100 * one['test_acc']:.2f}%, 2 processes {100 * two['test_acc']:.2f}%
+      ({100 * (two['test_acc'] - one['test_acc']):+.2f} pp); bfloat16 under DDP {100 * two_bf16['test_acc']:.2f}%.
 
-![throughput](plots/throughput.png)
-![loss](plots/loss.png)
+    ![throughput](plots/throughput.png)
+    ![loss](plots/loss.png)
 
-## Interpretation
+    ## Interpretation
 
-- Each rank of the DDP run does half the per-step work, then all-reduces
-  {4 * results[0]['params'] / 1e6:.2f} MB of fp32 gradients over loopback every step; an efficiency of
-  {100 * efficiency:.0f}% is what remains after that communication and the shared memory bandwidth.
-- The 2-process and the {cores}-thread arms use the same cores; a ratio of {vs_threads:.2f}x says
-  {threads_verdict}.
-- bfloat16 autocast on this CPU runs at {two_bf16['samples_per_s'] / two['samples_per_s']:.2f}x the fp32 speed:
-  {bf16_verdict}.
-  On a GPU the same flag uses tensor cores.
+    - Each rank of the DDP run does half the per-step work, then all-reduces
+      {4 * results[0]['params'] / 1e6:.2f} MB of fp32 gradients over loopback every step; an efficiency of
+      {100 * efficiency:.0f}% is what remains after that communication and the shared memory bandwidth.
+    - The 2-process and the {cores}-thread arms use the same cores; a ratio of {vs_threads:.2f}x says
+      {threads_verdict}.
+    - bfloat16 autocast on this CPU runs at {two_bf16['samples_per_s'] / two['samples_per_s']:.2f}x the fp32 speed:
+      {bf16_verdict}.
+      On a GPU the same flag uses tensor cores.
 
-## Next step
+    ## Next step
 
-Repeat on a GPU node with `mnist/slurm_ddp.sbatch` (4 GPUs, nccl), where the all-reduce overlaps
-with the backward pass and the batch per GPU can grow; compare float16 with a gradient scaler.
-"""
-    (out / "notes.md").write_text(notes)
-    print(table)
-    print(f"week02 report: {out / 'notes.md'}")
+    Repeat on a GPU node with `mnist/slurm_ddp.sbatch` (4 GPUs, nccl), where the all-reduce overlaps
+    with the backward pass and the batch per GPU can grow; compare float16 with a gradient scaler.
+    """
+        (out / "notes.md").write_text(notes)
+        print(table)
+        print(f"week02 report: {out / 'notes.md'}")
 
 
 if __name__ == "__main__":

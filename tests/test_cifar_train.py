@@ -32,7 +32,7 @@ def test_resume_with_augmentation_is_bitwise(tmp_path):
     kill_after_first_checkpoint([*args, f"--run.results_dir={tmp_path / 'killed'}"])
     killed_dir = only_run_dir(tmp_path / "killed")
     assert not (killed_dir / "summary.json").exists()
-    run_script([*args, f"--run.resume={killed_dir}"])
+    run_script(["cifar/train.py", f"--run.resume={killed_dir}"])  # the run's own config.yaml is the default
     whole_dir = only_run_dir(tmp_path / "whole")
     assert comparable_rows(killed_dir / "metrics.csv") == comparable_rows(whole_dir / "metrics.csv")
     whole = load_checkpoint(whole_dir / "checkpoints" / "last.pt")["model"]
@@ -62,7 +62,7 @@ def test_two_ranks_with_augmentation_stay_in_sync(tmp_path):
     ("--data.dir=/nonexistent/cifar", "not found"),
     ("--model.name=vit", "model.name must be one of mlp, cnn, resnet"),
     ("--train.label_smoothing=1.5", "train.label_smoothing is 1.5"),
-    ("--system.dtype=float16", "float16 needs CUDA"),
+    ("--system.dtype=float16", "float16 runs only on CUDA"),
 ])
 def test_bad_input_exits_2(tmp_path, override, expected):
     (tmp_path / "keep.txt").write_text("existing result")

@@ -62,7 +62,7 @@ def test_bad_config_value(results):
 
 
 def test_float16_needs_cuda(results):
-    assert_user_error([*BASE, "--system.dtype=float16", "--system.device=cpu"], results, "float16 needs CUDA")
+    assert_user_error([*BASE, "--system.dtype=float16", "--system.device=cpu"], results, "float16 runs only on CUDA")
 
 
 def test_cuda_requested_without_cuda(results):
@@ -106,3 +106,38 @@ def test_corrupted_checkpoint(results, tmp_path):
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:200])
     assert_user_error([*BASE, f"--run.resume={run_dir}"], results, "cannot be read")
+
+
+def test_resume_from_best_checkpoint(results, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(only_run_dir(results), run_dir)
+    (run_dir / "summary.json").unlink()
+    assert_user_error([*BASE, f"--run.resume={run_dir / 'checkpoints' / 'best.pt'}"], results, "holds model weights only")
+
+
+def test_resume_without_metrics(results, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(only_run_dir(results), run_dir)
+    (run_dir / "summary.json").unlink()
+    (run_dir / "metrics.csv").unlink()
+    assert_user_error([*BASE, f"--run.resume={run_dir}"], results, "has no metrics.csv")
+
+
+def test_quoted_integer_in_yaml(results, tmp_path):
+    config = tmp_path / "quoted.yaml"
+    config.write_text('train:\n  epochs: "3"\n')
+    assert_user_error(["mnist/train.py", "--config", str(config)], results, "train.epochs expects int, got '3' (str)")
+
+
+def test_yaml_syntax_error_names_the_line(results, tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("train:\n  lr: [0.1\n")
+    assert_user_error(["mnist/train.py", "--config", str(config)], results, "line 3")
+
+
+def test_week_report_folder_removed_after_early_failure(tmp_path):
+    out = tmp_path / "w1"
+    proc = run_script(["mnist/week01.py", "--out", str(out), "--data-dir", str(tmp_path / "nowhere")], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: data directory")
+    assert not out.exists()
