@@ -185,7 +185,7 @@ def test_embedded_files_match_published_sha256(mnist_dir):
     import re
 
     readme = (mnist_dir.parent / "README.md").read_text()
-    listed = dict(re.findall(r"^([0-9a-f]{64})  (\S+\.gz)$", readme, flags=re.M))
+    listed = dict(re.findall(r"^([0-9a-f]{64})  (\S+-ubyte\.gz)$", readme, flags=re.M))
     assert len(listed) == 4
     for digest, name in listed.items():
         assert hashlib.sha256((mnist_dir / name).read_bytes()).hexdigest() == digest, name
