@@ -57,7 +57,7 @@ week03: setup
 	$(PY) cifar/week03.py --out results/week03
 
 week06: setup
-	$(LOOPBACK) $(PY) cifar/ablate.py --grid cifar/ablations/week06.yaml --out results/week06
+	$(LOOPBACK) $(PY) cifar/week06.py --out results/week06
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -65,3 +65,29 @@ def test_week03_writes_report(tmp_path):
     notes = (out / "notes.md").read_text()
     assert "## Interpretation" in notes
     assert "2,250 train / 250 validation /" in notes
+
+
+@pytest.mark.slow
+def test_week06_writes_notes_and_metrics(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "script: mnist/train.py\n"
+        "base_config: mnist/configs/mlp.yaml\n"
+        "seeds: [0, 1]\n"
+        "budget: {samples: 640}\n"
+        "metric: best_val_acc\n"
+        "baseline: base\n"
+        "overrides: {data.train_size: 2000, train.log_every: 5, train.warmup_steps: 0}\n"
+        "arms:\n"
+        "  base: {}\n"
+        "  high_lr: {train.lr: 0.02}\n"
+    )
+    out = tmp_path / "week06"
+    run_script(["cifar/week06.py", "--grid", str(grid), "--out", str(out)])
+    for name in ("ablation.md", "ablation.csv", "metrics.csv", "notes.md", "plots/arms.png", "plots/curves.png"):
+        assert (out / name).is_file(), name
+    notes = (out / "notes.md").read_text()
+    assert "arm high_lr" in notes
+    assert "of 1 comparisons found a difference" in notes
+    arms = {(row["arm"], row["seed"]) for row in read_csv(out / "metrics.csv")}
+    assert arms == {("base", "0"), ("base", "1"), ("high_lr", "0"), ("high_lr", "1")}
