@@ -61,7 +61,7 @@ def main(argv) -> None:
 ## Hypothesis
 
 Doubling the global batch halves the number of optimizer steps at a fixed number of samples seen.
-The linear scaling rule says that doubling the learning rate with the batch keeps the training
+The linear scaling rule states that doubling the learning rate with the batch keeps the training
 trajectory, and so the accuracy, roughly the same; keeping the old rate should then fall behind,
 because each sample moves the weights half as far.
 

@@ -27,7 +27,7 @@ def fresh_out_dir(path: str) -> Path:
 def report_dir(path: str):
     """Create a fresh report folder; if the report fails before any run finished, remove the folder again.
 
-    A folder that already holds a finished run (a summary.json) is kept, so no result is lost.
+    A folder that already contains a finished run (a summary.json) is kept, so no result is lost.
     """
     out = fresh_out_dir(path)
     try:
