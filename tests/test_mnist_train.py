@@ -76,13 +76,13 @@ def test_new_run_never_overwrites(tmp_path):
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
 
 
-def kill_after_first_checkpoint(args: list[str]) -> None:
-    """Start a run, SIGKILL it as soon as it reports its first mid-run checkpoint."""
+def kill_after_first_checkpoint(args: list[str], marker: str = "checkpoint saved at step") -> None:
+    """Start a run, SIGKILL it as soon as a line starts with marker (by default its first checkpoint)."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=script_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in proc.stdout:
-            if line.startswith("checkpoint saved at step"):
+            if line.startswith(marker):
                 proc.kill()
                 break
         proc.wait(timeout=60)
