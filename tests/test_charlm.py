@@ -99,3 +99,14 @@ def test_short_run_learns(tmp_path):
     # Uniform over 65 characters is ln 65 = 4.17; unigram character frequencies give 3.35 on val.
     assert summary["best_val_loss"] < 3.0
     assert summary["steps"] == 300
+
+    run_dir = only_run_dir(tmp_path / "results")
+    greedy = ["charlm/sample.py", "--run", str(run_dir), "--prompt", "ROMEO:", "--temperature", "0",
+              "--num-samples", "2", "--max-new-tokens", "40"]
+    first, second = run_script(greedy).stdout.split("-" * 40 + "\n")[:2]
+    assert first.startswith("ROMEO:")
+    assert len(first.rstrip("\n")) == len("ROMEO:") + 40
+    assert first == second  # greedy decoding does not depend on the sampling seed
+    proc = run_script(["charlm/sample.py", "--run", str(run_dir), "--prompt", "ROMEO ©"], check=False)
+    assert proc.returncode == 2
+    assert "outside the vocabulary" in proc.stderr
