@@ -203,15 +203,3 @@ def test_same_seed_same_augmentation(batch):
     assert torch.equal(first, second)
     assert not torch.equal(first, third)
 
-
-def test_sample_files_match_published_sha256():
-    import hashlib
-    import re
-
-    readme = (REPO / "data" / "README.md").read_text()
-    listed = re.findall(r"^\| `(\S+)` \| [^|]+ \| `([0-9a-f]{64})` \|$", readme, flags=re.M)
-    cifar_files = [(name, digest) for name, digest in listed if not name.endswith("ubyte.gz")]
-    assert len(cifar_files) == 3
-    for name, digest in cifar_files:
-        path = SAMPLE / "cifar-10-batches-bin" / name
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, name
