@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from common.errors import run_cli
 from common.perf import measure_cpu_peak_tflops
-from common.report import machine_description, markdown_table
+from common.report import fresh_out_dir, machine_description, markdown_table
 from lm.bpe import BPETokenizer
 from lm.model import GPT, GPTConfig
 
@@ -115,16 +116,15 @@ def bench_tokenizer(repeats: int, text: str) -> dict:
     return result
 
 
-def main(argv=None) -> None:
+def main(argv) -> None:
     parser = argparse.ArgumentParser(prog="lm/bench.py", description="Attention and tokenizer benchmarks.")
-    parser.add_argument("--out", default="results/bench_lm", help="report folder (created; an existing one is kept and refused)")
+    parser.add_argument("--out", default="results/bench_lm", help="report folder; must not exist yet")
     parser.add_argument("--parts", default="attention,tokenizer", help="comma-separated: attention, tokenizer")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per side; the median is reported")
     parser.add_argument("--seq-lens", default="64,256,1024", help="sequence lengths for the attention part")
     parser.add_argument("--text", default="data/tinyshakespeare/input.txt", help="text for the tokenizer part")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=False)
+    out = fresh_out_dir(args.out)
     parts = args.parts.split(",")
     results = {"machine": machine_description(), "threads": torch.get_num_threads(), "repeats": args.repeats}
     lines = [f"# LM benchmarks\n\nMachine: {results['machine']}; {results['threads']} torch threads; "
@@ -155,4 +155,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

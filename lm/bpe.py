@@ -123,12 +123,12 @@ class BPETokenizer:
         A special token in the text that is not allowed raises ValueError instead of being split
         into ordinary bytes silently.
         """
-        allowed = set(self.special_tokens) if allowed_special == "all" else (set() if allowed_special == "none" else set(allowed_special))
+        allowed = self._allowed(allowed_special)
         return self.encoding.encode(text, allowed_special=allowed, disallowed_special=set(self.special_tokens) - allowed)
 
     def encode_reference(self, text: str, allowed_special="none") -> list[int]:
-        """The same ids as encode(), computed in plain Python: lowest-rank pair first inside each chunk."""
-        allowed = set(self.special_tokens) if allowed_special == "all" else (set() if allowed_special == "none" else set(allowed_special))
+        """Compute the ids of encode() in plain Python: lowest-rank pair first inside each chunk."""
+        allowed = self._allowed(allowed_special)
         for name in set(self.special_tokens) - allowed:
             if name in text:
                 raise ValueError(f"text contains the special token {name!r}; pass allowed_special to encode it")
@@ -140,6 +140,13 @@ class BPETokenizer:
             for chunk in self.compiled.findall(part):
                 ids.extend(self._encode_chunk(chunk.encode("utf-8")))
         return ids
+
+    def _allowed(self, allowed_special) -> set[str]:
+        if allowed_special == "all":
+            return set(self.special_tokens)
+        if allowed_special == "none":
+            return set()
+        return set(allowed_special)
 
     def _encode_chunk(self, data: bytes) -> list[int]:
         parts = [bytes([b]) for b in data]
