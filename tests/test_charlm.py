@@ -107,6 +107,10 @@ def test_short_run_learns(tmp_path):
     assert first.startswith("ROMEO:")
     assert len(first.rstrip("\n")) == len("ROMEO:") + 40
     assert first == second  # greedy decoding does not depend on the sampling seed
+    scored = run_script(["lm/eval.py", "--run", str(run_dir), "--max-tokens", "2001", "--window", "32", "--stride", "16"])
+    assert "val: 2,000 tokens scored with window 32, stride 16" in scored.stdout
+    loss = float(scored.stdout.split("| loss ")[1].split()[0])
+    assert loss < 3.0
     proc = run_script(["charlm/sample.py", "--run", str(run_dir), "--prompt", "ROMEO ©"], check=False)
     assert proc.returncode == 2
     assert "outside the vocabulary" in proc.stderr
