@@ -240,6 +240,9 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
     raw_model must already be on info.device and initialised from cfg.run.seed on every rank.
     `augment` maps a training batch on the device to an augmented one; `channels_last` stores
     images and conv weights in NHWC order, which is faster for convolutions on CUDA.
+
+    NOTE: the CUDA-only paths (nccl, float16 with the gradient scaler, channels_last, pinned
+    memory) have not yet run on a GPU; the CPU tests exercise the same loop with gloo and bfloat16.
     """
     log = setup_logging(None, info.is_main)
     global_batch = cfg.train.batch_size
