@@ -36,7 +36,7 @@ from common.perf import peak_memory_mb, peak_tflops, reset_peak_memory, sync
 from common.plots import plot_run
 from common.run import MetricsWriter, create_run_dir, git_commit, setup_logging, write_json_atomic, write_text_atomic
 from common.seed import capture_rng_state, rank_seed, restore_rng_state, seed_everything
-from common.trainer import autocast_context, resolve_resume_dir
+from common.trainer import autocast_context, check_system, resolve_resume_dir
 from lm.model import GPT, GPTConfig
 
 
@@ -165,12 +165,8 @@ def main(argv) -> dict:
 
 
 def train(cfg: Config, info: DistInfo) -> dict:
-    if cfg.system.dtype == "float16" and info.device.type != "cuda":
-        raise UserError(f"system.dtype float16 runs only on CUDA (its gradient scaler is CUDA-only), but the device is {info.device.type}; use bfloat16 or float32")
+    check_system(cfg, info)
     per_step = info.world_size * cfg.train.grad_accum_steps
-    if cfg.train.batch_size % per_step:
-        raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by world size {info.world_size} x "
-                        f"grad_accum_steps {cfg.train.grad_accum_steps}; pick a multiple of {per_step}")
     if cfg.system.threads > 0:
         torch.set_num_threads(cfg.system.threads)
     log = setup_logging(None, info.is_main)
@@ -197,7 +193,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         run_dir, ckpt_path = resolve_resume_dir(cfg.run.resume)
         ckpt = load_checkpoint(ckpt_path)
         if "optimizer" not in ckpt:
-            raise UserError(f"checkpoint {ckpt_path} holds model weights only; resume from the run directory {run_dir}")
+            raise UserError(f"checkpoint {ckpt_path} contains only model weights; resume from the run directory {run_dir}")
         load_model_state(raw_model, ckpt["model"], str(ckpt_path))
         if (run_dir / "summary.json").exists() and ckpt["step"] >= cfg.train.max_iters:
             raise UserError(f"run {run_dir} already finished at step {ckpt['step']}; start a new run instead of resuming")

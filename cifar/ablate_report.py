@@ -18,6 +18,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.report import cpu_name
 from common.run import read_metrics
 from common.stats import MeanCI, WelchResult, mean_ci, welch_test
 
@@ -303,14 +304,7 @@ def describe_machine(records: list[Record]) -> str:
     The runner never imports torch (that would add seconds to every call), so the torch version comes
     from the installed package metadata and the devices from the runs' summary.json `device` key.
     """
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:

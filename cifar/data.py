@@ -4,7 +4,7 @@ Binary layout: each record is 1 label byte (0..9) then 3,072 pixel bytes, the 1,
 the 32x32 image in row-major order, then green, then blue. A file is a run of records with no
 header, so its length must be a multiple of 3,073. Files may be gzip-compressed (`*.bin.gz`).
 
-`data.dir` holds `data_batch_*.bin[.gz]` and `test_batch.bin[.gz]`, directly or inside a
+`data.dir` contains `data_batch_*.bin[.gz]` and `test_batch.bin[.gz]`, directly or inside a
 `cifar-10-batches-bin/` folder. The repository ships a stratified 2,500/1,000-image sample; a
 folder with the full set uses all 50,000/10,000 images.
 """
@@ -218,7 +218,7 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """The standard CIFAR training augmentation: random crop with padding, then a random horizontal flip."""
+    """Apply the standard CIFAR training augmentation: a random crop with padding, then a random horizontal flip."""
     if padding > 0:
         x = random_crop(x, padding)
     if flip:

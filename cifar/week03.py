@@ -24,7 +24,7 @@ from common.run import read_metrics
 
 CONFIGS = {"mlp": "cifar/configs/mlp.yaml", "cnn": "cifar/configs/cnn.yaml", "resnet": "cifar/configs/resnet.yaml"}
 # Share of the budget left for validation passes, checkpoints and speed variation when sizing the
-# schedule; with 0.1 a busy machine cut several arms before their LR had decayed.
+# schedule. With 0.1, a busy machine cut several arms before their LR had decayed.
 EVAL_SHARE = 0.2
 
 

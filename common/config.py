@@ -59,7 +59,7 @@ def coerce_value(key: str, value: Any, tp: type, from_cli: bool) -> Any:
     """Convert a YAML or command-line value to the field type, or raise UserError naming the key."""
 
     def wrong() -> UserError:
-        # Command-line values are always strings, so their type says nothing; YAML values have real types.
+        # Command-line values are always strings, so their type carries no information. YAML values have real types.
         got = f"{value!r}" if from_cli else f"{value!r} ({type(value).__name__})"
         return UserError(f"config key {key} expects {_type_name(tp)}, got {got}; fix the value in the YAML file or the override")
 

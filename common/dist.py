@@ -115,7 +115,7 @@ def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
 
     DDP does this at the start of each forward, so after the last training step each rank still
-    holds the statistics of its own last batch. Evaluation and the final weights need rank 0's.
+    has the statistics of its own last batch. Evaluation and the final weights need rank 0's.
     """
     if info.enabled:
         for buffer in model.buffers():

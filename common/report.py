@@ -7,8 +7,6 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from common.errors import UserError
 from common.run import read_metrics
 
@@ -38,18 +36,24 @@ def report_dir(path: str):
         raise
 
 
-def machine_description() -> str:
-    """Describe the CPU, core count, OS, Python and torch versions, and any GPU, in one line."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """Return the CPU model from /proc/cpuinfo, or the platform's processor name elsewhere."""
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return name
+
+
+def machine_description() -> str:
+    """Describe the CPU, core count, OS, Python and torch versions, and any GPU, in one line."""
+    import torch  # imported here so that reports which need no torch (the ablation runner) load fast
+
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, {platform.system()} {platform.release()}, "
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores{gpu}, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 

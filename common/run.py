@@ -129,7 +129,7 @@ def setup_logging(run_dir: Path | None, is_main: bool, name: str = "train") -> l
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, with `-dirty` when tracked files changed, or `unknown`."""
+    """Return the repository's HEAD commit, with `-dirty` when tracked files changed, or `unknown`."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10

@@ -19,7 +19,7 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def capture_rng_state() -> dict:
-    """Every RNG state of this process, in types that torch.load(weights_only=True) accepts."""
+    """Return every RNG state of this process, in types that torch.load(weights_only=True) accepts."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "python": random.getstate(),

@@ -77,7 +77,7 @@ def lr_factor(step: int, total_steps: int, warmup: int, schedule: str, min_ratio
 
 
 def onecycle_factor(step: int, total_steps: int, warmup: int, div: float = 25.0, final_div: float = 1e4) -> float:
-    """The two-phase cosine one-cycle shape of torch.optim.lr_scheduler.OneCycleLR, as a multiplier of the peak.
+    """Return the LR multiplier of torch.optim.lr_scheduler.OneCycleLR's two-phase cosine shape.
 
     The rate rises from peak/div to the peak by step warmup - 1, then falls to peak/(div * final_div)
     at step total_steps - 1 (torch's defaults: div 25, final_div 1e4, pct_start = warmup / total).
@@ -275,7 +275,7 @@ def fit(cfg, info: DistInfo, data: dict, raw_model: torch.nn.Module, *, script_s
         ckpt = load_checkpoint(ckpt_path)
         if "optimizer" not in ckpt:
             raise UserError(
-                f"checkpoint {ckpt_path} holds model weights only (a best.pt), not the training state; "
+                f"checkpoint {ckpt_path} contains only model weights (a best.pt), not the training state; "
                 f"resume from the run directory {run_dir}, which uses checkpoints/last.pt"
             )
         if info.is_main and not (run_dir / "metrics.csv").is_file():

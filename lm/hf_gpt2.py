@@ -1,6 +1,6 @@
 """Load a Hugging Face GPT-2 checkpoint from a local folder into lm.model.GPT, without network access.
 
-The folder holds `config.json` and either `model.safetensors` or `pytorch_model.bin`. safetensors
+The folder contains `config.json` and either `model.safetensors` or `pytorch_model.bin`. safetensors
 is parsed by hand: an 8-byte little-endian header length N, N bytes of JSON mapping each tensor
 name to its dtype, shape and [start, end) byte offsets, then the raw little-endian tensor bytes.
 `pytorch_model.bin` is read with torch.load(weights_only=True).

@@ -156,9 +156,9 @@ def load_split(data_dir: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise UserError(f"{images_path} holds {images.dtype} images of shape {images.shape}, expected uint8 (N, 28, 28)")
+        raise UserError(f"{images_path} contains {images.dtype} images of shape {images.shape}, expected uint8 (N, 28, 28)")
     if labels.ndim != 1:
-        raise UserError(f"{labels_path} holds labels of shape {labels.shape}, expected (N,)")
+        raise UserError(f"{labels_path} contains labels of shape {labels.shape}, expected (N,)")
     if len(images) != len(labels):
         raise UserError(
             f"image/label count mismatch: {images_path} has {len(images)} images, {labels_path} has {len(labels)} labels; "

@@ -27,7 +27,7 @@ def test_each_predictable_token_scored_once(model, tokens):
     assert scored == list(range(1, 21))
 
 
-def test_total_is_sum_of_per_token_nll_with_window_context(model, tokens):
+def test_total_matches_per_token_nll(model, tokens):
     # Rebuild the expected total by hand: target t is predicted from the window that scored it.
     total, _, _ = sliding_window_nll(model, tokens, window=8, stride=4)
     expected = 0.0

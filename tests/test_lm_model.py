@@ -44,7 +44,7 @@ def test_loss_is_cross_entropy_ignoring_minus_100():
     torch.testing.assert_close(loss, expected)
 
 
-def test_head_and_embedding_share_storage_after_save_and_load():
+def test_tied_head_survives_save_load():
     model = tiny_gpt()
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
     buffer = io.BytesIO()

@@ -112,7 +112,7 @@ def test_resume_from_best_checkpoint(results, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(only_run_dir(results), run_dir)
     (run_dir / "summary.json").unlink()
-    assert_user_error([*BASE, f"--run.resume={run_dir / 'checkpoints' / 'best.pt'}"], results, "holds model weights only")
+    assert_user_error([*BASE, f"--run.resume={run_dir / 'checkpoints' / 'best.pt'}"], results, "contains only model weights")
 
 
 def test_resume_without_metrics(results, tmp_path):
