@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Multi-process CPU runs talk over the loopback interface only.
 LOOPBACK := GLOO_SOCKET_IFNAME=lo MASTER_ADDR=127.0.0.1
 
-.PHONY: help setup demo test test-fast mnist cifar week01 week02 week03 week06 clean
+.PHONY: help setup demo test test-fast mnist cifar week01 week02 week03 week04 week05 week06 clean
 
 help:
 	@echo "make setup      create .venv and install the pinned requirements (re-runs when they change)"
@@ -17,6 +17,8 @@ help:
 	@echo "make week02     1 vs 2 process DDP throughput and memory, writes results/week02/"
 	@echo "make cifar      train the CIFAR-10 MLP, CNN and ResNet on the embedded sample, one run each"
 	@echo "make week03     CIFAR-10 models x augmentation at a 60 s budget each, writes results/week03/"
+	@echo "make week04     character-level GPT: nanoGPT's CPU config x3, the tuned config, attention bench, writes results/week04/"
+	@echo "make week05     BPE tokenizer, token shards, GPT training, perplexity and bits per byte, writes results/week05/"
 	@echo "make week06     same-budget ablation over seeds, 1 vs 2 processes, writes results/week06/"
 	@echo "make clean      remove .venv and caches (results/ is kept)"
 
@@ -55,6 +57,12 @@ cifar: setup
 
 week03: setup
 	$(PY) cifar/week03.py --out results/week03
+
+week04: setup
+	$(PY) charlm/week04.py --out results/week04
+
+week05: setup
+	$(PY) lm/week05.py --out results/week05
 
 week06: setup
 	$(LOOPBACK) $(PY) cifar/week06.py --out results/week06

@@ -3,16 +3,18 @@
     python charlm/prepare.py                                   # tiny Shakespeare -> data/tinyshakespeare/char/
     python charlm/prepare.py --input my.txt --out-dir data/my_char --val-fraction 0.1
 
-Writes train.bin and val.bin (raw little-endian uint16 ids, one per character) and meta.json
-(vocab_size and the characters in id order). The split is by position: the first 90% of the text
-trains, the last 10% validates, so no validation text is seen in training.
+Writes train.bin and val.bin (uint16 ids, one per character, in the token-file format of
+lm/tokens.py) and meta.json (the characters in id order are the tokenizer). The split is by
+position: the first 90% of the text trains, the last 10% validates, so no validation text is
+seen in training.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+
+from lm.tokens import write_meta, write_token_file
 
 
 def prepare(input_path: str, out_dir: str, val_fraction: float = 0.1) -> dict:
@@ -26,11 +28,13 @@ def prepare(input_path: str, out_dir: str, val_fraction: float = 0.1) -> dict:
     split = int(len(ids) * (1 - val_fraction))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids[:split].tofile(out / "train.bin")
-    ids[split:].tofile(out / "val.bin")
-    meta = {"vocab_size": len(chars), "chars": chars, "train_tokens": int(split), "val_tokens": int(len(ids) - split),
-            "source": str(input_path)}
-    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    write_token_file(out / "train.bin", ids[:split])
+    write_token_file(out / "val.bin", ids[split:])
+    meta = {"vocab_size": len(chars), "eot_id": None, "dtype": "uint16", "tokenizer": {"kind": "char", "chars": chars},
+            "splits": {"train": {"files": ["train.bin"], "tokens": int(split), "documents": 1},
+                       "val": {"files": ["val.bin"], "tokens": int(len(ids) - split), "documents": 1}},
+            "sources": [{"path": str(input_path), "bytes": Path(input_path).stat().st_size}], "val_fraction": val_fraction}
+    write_meta(out, meta)
     return meta
 
 
@@ -41,7 +45,8 @@ def main(argv=None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the text, from the end, used for validation")
     args = parser.parse_args(argv)
     meta = prepare(args.input, args.out_dir, args.val_fraction)
-    print(f"{meta['vocab_size']} characters | {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens -> {args.out_dir}")
+    tokens = {split: meta["splits"][split]["tokens"] for split in ("train", "val")}
+    print(f"{meta['vocab_size']} characters | {tokens['train']:,} train / {tokens['val']:,} val tokens -> {args.out_dir}")
 
 
 if __name__ == "__main__":

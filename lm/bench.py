@@ -12,11 +12,8 @@ Writes OUT/bench.md and OUT/bench.json.
 """
 
 import argparse
-import hashlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +24,7 @@ from common.perf import measure_cpu_peak_tflops
 from common.report import fresh_out_dir, machine_description, markdown_table
 from lm.bpe import BPETokenizer
 from lm.model import GPT, GPTConfig
-
-# The two files tiktoken's "gpt2" encoding reads; tiktoken caches each under the SHA-1 of its URL.
-GPT2_FILES = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-              "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
-
+from lm.tokens import gpt2_encoding
 
 def time_training_steps(attention: str, seq_len: int, batch: int, steps: int) -> float:
     """Return tokens/s over `steps` AdamW steps after 2 warm-up steps."""
@@ -74,20 +67,17 @@ def bench_attention(repeats: int, seq_lens: list[int]) -> list[dict]:
 
 def gpt2_encoding_if_cached():
     """tiktoken's GPT-2 encoding when its files are in the cache, else None; never downloads."""
-    import tiktoken
-
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), "data-gym-cache")
-    if not all((Path(cache) / hashlib.sha1(url.encode()).hexdigest()).is_file() for url in GPT2_FILES):
+    try:
+        return gpt2_encoding()
+    except FileNotFoundError:
         return None
-    return tiktoken.get_encoding("gpt2")
 
 
-def bench_tokenizer(repeats: int, text: str) -> dict:
+def bench_tokenizer(repeats: int, text: str, vocab_size: int = 4096) -> dict:
     train_seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        tok = BPETokenizer.train(text, 4096)
+        tok = BPETokenizer.train(text, vocab_size)
         train_seconds.append(time.perf_counter() - start)
     sample = text[:100_000]  # the Python encoder is slow; it gets a 100 kB slice
     megabytes = len(text.encode("utf-8")) / 1e6
@@ -111,7 +101,7 @@ def bench_tokenizer(repeats: int, text: str) -> dict:
         "bytes_per_token": len(text.encode("utf-8")) / len(ids),
         "gpt2_mb_per_s": statistics.median(gpt2_rates) if gpt2_rates else None,
     }
-    print(f"BPE 4096: trained in {result['train_seconds_median']:.2f} s (median); encode: python "
+    print(f"BPE {vocab_size}: trained in {result['train_seconds_median']:.2f} s (median); encode: python "
           f"{result['python_mb_per_s']:.2f} MB/s, tiktoken with our ranks {result['tiktoken_ours_mb_per_s']:.1f} MB/s", flush=True)
     return result
 

@@ -1,6 +1,6 @@
 """Perplexity and bits per byte of a GPT over a token file, with a sliding window.
 
-    python lm/eval.py --run results/charlm_cpu_20260101-120000                 # val.bin of the run's data
+    python lm/eval.py --run results/charlm_cpu_20260101-120000                 # the val split of the run's data
     python lm/eval.py --run results/<run> --window 64 --stride 32 --split train
 
 Windows of `window` tokens start every `stride` tokens. A window predicts the token after each of
@@ -11,10 +11,13 @@ the number of scored tokens, never a mean of per-window means.
 
     perplexity    = exp(total NLL / scored tokens)
     bits per byte = total NLL / (ln 2 * UTF-8 bytes of the scored tokens)
+
+The token files of a split are scored as one stream, in order. Bits per byte compare models
+with different tokenizers (a character model and a BPE model); the <|endoftext|> separators
+count in the NLL but add no bytes, since they are not text.
 """
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import yaml
 from common.checkpoint import load_checkpoint, load_model_state
 from common.errors import UserError, run_cli
 from lm.model import GPT, GPTConfig
+from lm.tokens import load_tokenizer, read_meta, read_split, token_byte_lengths
 
 
 @torch.no_grad()
@@ -55,42 +59,49 @@ def sliding_window_nll(model: GPT, tokens: torch.Tensor, window: int, stride: in
     return total, len(scored), scored
 
 
-def main(argv) -> None:
-    parser = argparse.ArgumentParser(prog="lm/eval.py", description="Sliding-window perplexity of a charlm run.")
-    parser.add_argument("--run", required=True, help="run directory written by charlm/train.py")
-    parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints to evaluate")
-    parser.add_argument("--split", default="val", choices=("train", "val"), help="token file to score")
-    parser.add_argument("--window", type=int, default=0, help="tokens per window (0 = the model's block_size)")
-    parser.add_argument("--stride", type=int, default=0, help="tokens between window starts (0 = half the window)")
-    parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
-    args = parser.parse_args(argv)
-
-    run = Path(args.run)
+def evaluate_run(run, checkpoint: str = "best.pt", split: str = "val", window: int = 0, stride: int = 0,
+                 max_tokens: int = 0) -> dict:
+    """Score a split of a run's data with a checkpoint; return loss, perplexity and bits per byte."""
+    run = Path(run)
     if not (run / "config.yaml").is_file():
-        raise UserError(f"run directory {run} has no config.yaml; pass a folder written by charlm/train.py")
+        raise UserError(f"run directory {run} has no config.yaml; pass a folder written by lm/train.py or charlm/train.py")
     data_dir = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["dir"])
-    token_file = data_dir / f"{args.split}.bin"
-    if not token_file.is_file():
-        raise UserError(f"token file {token_file} not found; run charlm/prepare.py with the run's data settings")
-    chars = json.loads((data_dir / "meta.json").read_text())["chars"]
-    state = load_checkpoint(run / "checkpoints" / args.checkpoint)
+    try:
+        meta = read_meta(data_dir)
+        tokens = torch.from_numpy(np.concatenate(read_split(data_dir, split)).astype(np.int64))
+        byte_lengths = token_byte_lengths(load_tokenizer(data_dir), meta.get("eot_id"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the {split} tokens of {data_dir}: {exc}; prepare the data with the run's "
+                        f"settings") from None
+    state = load_checkpoint(run / "checkpoints" / checkpoint)
     model = GPT(GPTConfig(**state["model_config"]))
-    load_model_state(model, state["model"], args.checkpoint)
+    load_model_state(model, state["model"], checkpoint)
 
-    tokens = torch.from_numpy(np.fromfile(token_file, dtype="<u2").astype(np.int64))
-    if args.max_tokens:
-        tokens = tokens[: args.max_tokens]
-    window = args.window or model.config.block_size
-    stride = args.stride or max(1, window // 2)
+    if max_tokens:
+        tokens = tokens[:max_tokens]
+    window = window or model.config.block_size
+    stride = stride or max(1, window // 2)
     try:
         total, count, scored = sliding_window_nll(model, tokens, window, stride)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    byte_lengths = np.array([len(ch.encode("utf-8")) for ch in chars])
     n_bytes = int(byte_lengths[tokens[scored].numpy()].sum())
-    print(f"{args.split}: {count:,} tokens scored with window {window}, stride {stride} | "
-          f"loss {total / count:.4f} | perplexity {math.exp(total / count):.3f} | "
-          f"bits per byte {total / (math.log(2) * n_bytes):.4f}")
+    return {"split": split, "tokens": count, "bytes": n_bytes, "window": window, "stride": stride,
+            "loss": total / count, "perplexity": math.exp(total / count), "bits_per_byte": total / (math.log(2) * n_bytes)}
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(prog="lm/eval.py", description="Sliding-window perplexity of a GPT run.")
+    parser.add_argument("--run", required=True, help="run directory written by lm/train.py or charlm/train.py")
+    parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints to evaluate")
+    parser.add_argument("--split", default="val", choices=("train", "val"), help="split of the run's data to score")
+    parser.add_argument("--window", type=int, default=0, help="tokens per window (0 = the model's block_size)")
+    parser.add_argument("--stride", type=int, default=0, help="tokens between window starts (0 = half the window)")
+    parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    args = parser.parse_args(argv)
+    r = evaluate_run(args.run, args.checkpoint, args.split, args.window, args.stride, args.max_tokens)
+    print(f"{r['split']}: {r['tokens']:,} tokens scored with window {r['window']}, stride {r['stride']} | "
+          f"loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | bits per byte {r['bits_per_byte']:.4f}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from charlm.prepare import prepare
-from charlm.train import TIMING_COLUMNS, TrainConfig, learning_rate
+from lm.train import TIMING_COLUMNS, TrainConfig, learning_rate
 from common.checkpoint import load_checkpoint
 from lm.model import GPT, GPTConfig
+from lm.tokens import read_token_file
 from tests.conftest import only_run_dir, read_csv, run_script
 from tests.test_mnist_train import kill_after_first_checkpoint
 
@@ -23,9 +24,9 @@ def test_prepare_round_trip(tmp_path):
     text = "hello world\nto be or not to be\n" * 20
     (tmp_path / "in.txt").write_text(text)
     meta = prepare(str(tmp_path / "in.txt"), str(tmp_path / "out"), val_fraction=0.25)
-    train = np.fromfile(tmp_path / "out" / "train.bin", dtype="<u2")
-    val = np.fromfile(tmp_path / "out" / "val.bin", dtype="<u2")
-    chars = json.loads((tmp_path / "out" / "meta.json").read_text())["chars"]
+    train = read_token_file(tmp_path / "out" / "train.bin")
+    val = read_token_file(tmp_path / "out" / "val.bin")
+    chars = json.loads((tmp_path / "out" / "meta.json").read_text())["tokenizer"]["chars"]
     assert meta["vocab_size"] == len(set(text))
     assert "".join(chars[i] for i in np.concatenate([train, val])) == text
     assert len(val) == len(text) - int(len(text) * 0.75)

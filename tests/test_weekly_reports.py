@@ -1,5 +1,7 @@
 """The weekly report scripts on a tiny budget: they run, write every file, and never overwrite."""
 
+import json
+
 import pytest
 
 from tests.conftest import read_csv, run_script
@@ -91,3 +93,38 @@ def test_week06_writes_notes_and_metrics(tmp_path):
     assert "of 1 comparisons found a difference" in notes
     arms = {(row["arm"], row["seed"]) for row in read_csv(out / "metrics.csv")}
     assert arms == {("base", "0"), ("base", "1"), ("high_lr", "0"), ("high_lr", "1")}
+
+
+def test_week04_writes_report(tmp_path):
+    out = tmp_path / "week04"
+    run_script(["charlm/week04.py", "--out", str(out), "--repeats", "2", "--max-iters", "20", "--bench-repeats", "1",
+                "--seq-lens", "16,32", "--eval-tokens", "500", "--data-dir", str(tmp_path / "char")], timeout=600)
+    for name in ("metrics.csv", "runs.csv", "notes.md", "samples.md", "bench.json", "plots/loss.png",
+                 "plots/loss_vs_time.png", "plots/tokens_per_s.png"):
+        assert (out / name).is_file(), name
+    runs = read_csv(out / "runs.csv")
+    assert [r["name"] for r in runs] == ["cpu_1", "cpu_2", "cpu_best"]
+    assert runs[0]["final_val_loss"] == runs[1]["final_val_loss"]  # same seed, deterministic
+    assert all(int(r["eval_tokens"]) == 499 for r in runs)
+    notes = (out / "notes.md").read_text()
+    ms = sorted(float(r["ms_per_step"]) for r in runs[:2])
+    assert f"**{(ms[0] + ms[1]) / 2:.1f} ms per iteration** over 2 run(s)" in notes
+    assert (out / "samples.md").read_text().count("```text\nROMEO:") == 4
+
+
+def test_week05_writes_report(tmp_path):
+    out = tmp_path / "week05"
+    week04 = tmp_path / "week04"
+    week04.mkdir()
+    (week04 / "runs.csv").write_text("name,config,eval_bits_per_byte,step_time_s\ncpu_1,charlm/configs/cpu.yaml,2.5,80\n")
+    run_script(["lm/week05.py", "--out", str(out), "--vocab-size", "512", "--max-iters", "20", "--bench-repeats", "1",
+                "--eval-tokens", "400", "--week04", str(week04)], timeout=600)
+    for name in ("tokenizer.json", "data/meta.json", "metrics.csv", "summary.json", "notes.md", "samples.md",
+                 "plots/loss.png", "plots/tokenizer_mb_per_s.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["vocab_size"] == 512
+    assert summary["eval"]["tokens"] == 399
+    notes = (out / "notes.md").read_text()
+    assert f"**{summary['eval']['bits_per_byte']:.3f} bits per byte**" in notes
+    assert "characters, cpu_1" in notes and "2.500" in notes
