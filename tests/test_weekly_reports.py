@@ -108,7 +108,7 @@ def test_week04_writes_report(tmp_path):
     assert all(int(r["eval_tokens"]) == 499 for r in runs)
     notes = (out / "notes.md").read_text()
     ms = sorted(float(r["ms_per_step"]) for r in runs[:2])
-    assert f"**{(ms[0] + ms[1]) / 2:.1f} ms per iteration** over 2 run(s)" in notes
+    assert f"**{(ms[0] + ms[1]) / 2:.1f} ms per iteration** over 2 runs" in notes
     assert (out / "samples.md").read_text().count("```text\nROMEO:") == 4
 
 
