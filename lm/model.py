@@ -54,7 +54,7 @@ class CausalSelfAttention(nn.Module):
         causal = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
         self.register_buffer("causal_mask", causal.view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
@@ -62,7 +62,17 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
-        if self.attention == "sdpa":
+        if cache is not None:
+            # Cached inference: the new queries attend to every filled slot plus the T new ones.
+            # The cache's mask is causal over slots and hides left padding. No dropout: inference only.
+            k, v = cache.update(layer, k, v)  # each (B, H, S, D), S = filled slots + T
+            mask = cache.attention_mask(T)  # (B, 1, T, S)
+            if self.attention == "sdpa":
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:
+                scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
+                y = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v  # (B, H, T, S) @ (B, H, S, D)
+        elif self.attention == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
@@ -98,8 +108,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -130,15 +140,29 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Return logits (B, T, V) and, with targets, the mean cross-entropy over targets != -100."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None,
+                positions: torch.Tensor | None = None, last_logits_only: bool = False):
+        """Return logits (B, T, V) and, with targets, the mean cross-entropy over targets != -100.
+
+        For inference, `cache` (an infer.kv_cache.KVCache) supplies the keys and values of earlier
+        slots and stores the new ones; positions (T,) or (B, T) default to 0..T-1 without a cache
+        and to the cache's per-row positions with one. last_logits_only computes the LM head for
+        the last position only, (B, 1, V), which is all that decoding needs.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
+        if last_logits_only and targets is not None:
+            raise ValueError("last_logits_only computes no loss; pass targets=None")
+        if cache is None and T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}; crop the context")
-        positions = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C) + (T, C) -> (B, T, C)
-        for block in self.h:
-            x = block(x)
+        if positions is None:
+            positions = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)
+        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C) + (T, C) or (B, T, C) -> (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        if last_logits_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(self.ln_f(x))  # (B, T, C) -> (B, T, V)
         loss = None
         if targets is not None:
