@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Multi-process CPU runs talk over the loopback interface only.
 LOOPBACK := GLOO_SOCKET_IFNAME=lo MASTER_ADDR=127.0.0.1
 
-.PHONY: help setup demo test test-fast mnist cifar week01 week02 week03 week04 week05 week06 clean
+.PHONY: help setup demo test test-fast mnist cifar week01 week02 week03 week04 week05 week06 week11 clean
 
 help:
 	@echo "make setup      create .venv and install the pinned requirements (re-runs when they change)"
@@ -20,6 +20,7 @@ help:
 	@echo "make week04     character-level GPT: nanoGPT's CPU config x3, the tuned config, attention bench, writes results/week04/"
 	@echo "make week05     BPE tokenizer, token shards, GPT training, perplexity and bits per byte, writes results/week05/"
 	@echo "make week06     same-budget ablation over seeds, 1 vs 2 processes, writes results/week06/"
+	@echo "make week11     KV cache, ours vs transformers, tiled-attention memory, speculative decoding, writes results/week11/"
 	@echo "make clean      remove .venv and caches (results/ is kept)"
 
 setup: $(STAMP)
@@ -66,6 +67,9 @@ week05: setup
 
 week06: setup
 	$(LOOPBACK) $(PY) cifar/week06.py --out results/week06
+
+week11: setup
+	$(PY) infer/week11.py --out results/week11
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -64,7 +64,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_tokens=(), generator=None,
              use_cache: bool = True, on_token=None, record_steps: bool = False) -> Generation:
-    """Generate up to max_new_tokens tokens after each prompt; on_token(row, token_id) sees each as it is picked."""
+    """Generate up to max_new_tokens tokens after each prompt; on_token(row, token_id) is called for each as it is picked."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if top_k is not None and top_k <= 0:
@@ -140,7 +140,7 @@ class Utf8Stream:
 
 
 def load_model(args) -> tuple[GPT, object, int | None]:
-    """The model, its tokenizer and its <|endoftext|> id (None for a character model), from --run or --gpt2-dir."""
+    """Load the model, its tokenizer and its <|endoftext|> id (None for a character model) from --run or --gpt2-dir."""
     if args.gpt2_dir:
         try:
             model = GPT.from_pretrained(args.gpt2_dir, attention=args.attention or "sdpa")
@@ -167,7 +167,7 @@ def load_model(args) -> tuple[GPT, object, int | None]:
 
 
 def single_token(tokenizer, text: str) -> int:
-    """The id of a text that is exactly one token of the tokenizer (a stop token)."""
+    """Return the id of a text that must be exactly one token of the tokenizer (a stop token)."""
     try:
         if hasattr(tokenizer, "encode_single_token"):
             return tokenizer.encode_single_token(text)

@@ -5,8 +5,8 @@
     logits, _ = model(prompts, cache=cache)             # prefill: (B, T0) -> keys/values of slots 0..T0-1
     logits, _ = model(next_ids, cache=cache)            # decode: (B, 1), attends to every filled slot
 
-Each layer owns k and v of shape (B, H, T_max, D), allocated in the constructor and never resized:
-a forward pass writes its new keys and values at slots [length, length + T) and attends to slots
+Each layer owns k and v of shape (B, H, T_max, D), allocated in the constructor and never resized.
+A forward pass writes its new keys and values at slots [length, length + T) and attends to slots
 [0, length + T). A batch of prompts of different lengths is left-padded to a common length, so
 every row's newest token sits in the same slot; `pad[b]` counts row b's padding slots, which no
 query may attend to, and row b's position ids start at 0 at its first real token, so a padded row
@@ -47,7 +47,7 @@ class KVCache:
         T = k.size(2)
         end = self.length + T
         if end > self.max_len:
-            raise ValueError(f"the cache holds {self.max_len} slots; {self.length} are filled and {T} more do not fit")
+            raise ValueError(f"the cache has {self.max_len} slots; {self.length} are filled and {T} more do not fit")
         self.k[layer][:, :, self.length : end] = k
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]

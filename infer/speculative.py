@@ -18,6 +18,10 @@ equals the target's argmax and the output equals the target's own greedy decodin
 A round costs num_draft draft passes and one target pass, and emits between 1 and num_draft + 1
 tokens, so the speed-up grows with the acceptance rate and with the cost ratio of the two models.
 After a rejection both caches drop the slots of the rejected proposals (KVCache.truncate).
+Past the target's block_size the context is cropped exactly as infer/generate.py crops it (to the
+last block_size // 2 tokens, when the next prediction would need more than block_size), and a
+round proposes only as many tokens as still fit, so greedy output equals the target's greedy
+output from infer/generate.py at any length.
 """
 
 import time
@@ -79,11 +83,11 @@ def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tok
                          f"({target.config.vocab_size}); both models must share one tokenizer")
     if not prompt or num_draft < 1 or max_new_tokens < 1:
         raise ValueError("need a non-empty prompt, num_draft >= 1 and max_new_tokens >= 1")
-    # NOTE: no cropping here: the whole sequence must fit in both models' context.
-    limit = min(target.config.block_size, draft.config.block_size)
-    if len(prompt) + max_new_tokens + num_draft > limit:
-        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) + num_draft ({num_draft}) exceeds "
-                         f"the smaller block_size {limit}; speculative decoding here does not crop the context")
+    block = target.config.block_size
+    if draft.config.block_size < block:
+        raise ValueError(f"the draft's block_size ({draft.config.block_size}) is shorter than the target's ({block}); "
+                         f"the draft must see every context the target sees")
+    keep = max(1, block // 2)
     target.eval()
     draft.eval()
     device = next(target.parameters()).device
@@ -92,17 +96,28 @@ def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tok
     stop_tokens = set(stop_tokens)
     start = time.perf_counter()
 
-    # Invariant at the start of a round: the target cache holds every token but the last of `sequence`.
+    # The models see sequence[offset:]. Invariant at the start of a round: the target cache contains
+    # every token of that context but the last.
     sequence = list(prompt)
-    if len(prompt) > 1:
-        target(torch.tensor([prompt[:-1]], device=device), cache=target_cache, last_logits_only=True)
+    offset = max(0, len(sequence) - block)
     new_tokens: list[int] = []
     drafted = accepted = rounds = 0
+    needs_prefill = True
     while len(new_tokens) < max_new_tokens:
-        k = min(num_draft, max_new_tokens - len(new_tokens) - 1)  # a round emits up to k + 1 tokens
+        if len(sequence) - offset > block:  # the next prediction needs more context than the model has
+            offset = len(sequence) - keep
+            needs_prefill = True
+        if needs_prefill:
+            target_cache.reset()
+            draft_cache.reset()
+            if len(sequence) - offset > 1:
+                target(torch.tensor([sequence[offset:-1]], device=device), cache=target_cache, last_logits_only=True)
+            needs_prefill = False
+        # A round emits up to k + 1 tokens, and its last prediction needs a context of len(sequence) - offset + k.
+        k = min(num_draft, max_new_tokens - len(new_tokens) - 1, block - (len(sequence) - offset))
         # Draft: catch up on the tokens its cache lacks, then propose k tokens one at a time.
         proposals, draft_probs = [], []
-        pending = sequence[draft_cache.length :]
+        pending = sequence[offset + draft_cache.length :]
         for _ in range(k):
             logits = draft(torch.tensor([pending], device=device), cache=draft_cache, last_logits_only=True)[0][0, -1]
             q = distribution(logits, temperature, top_k, top_p)  # (V,)
@@ -112,7 +127,7 @@ def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tok
             pending = [token]
 
         # Target: one pass over the last accepted token and the k proposals gives k + 1 distributions.
-        base = len(sequence)
+        base = len(sequence) - offset  # context length before this round
         logits = target(torch.tensor([[sequence[-1], *proposals]], device=device), cache=target_cache)[0][0]  # (k + 1, V)
         p = distribution(logits, temperature, top_k, top_p)  # (k + 1, V)
         rounds += 1

@@ -9,7 +9,7 @@ A token file is a 32-byte header followed by the ids as little-endian unsigned i
     offset 24  8 bytes   zero
 
 so a reader can check that the file is complete and memory-map the ids without parsing them.
-A data folder holds the token files of each split and a meta.json that names them and the
+A data folder contains the token files of each split and a meta.json that names them and the
 tokenizer that made them:
 
     {"format": "dl-curriculum-tokens", "version": 1, "vocab_size": 4096, "eot_id": 4095,
@@ -70,7 +70,7 @@ def read_token_file(path) -> np.ndarray:
                          f"version {VERSION} with 2- or 4-byte ids")
     expected = HEADER.size + count * itemsize
     if path.stat().st_size != expected:
-        raise ValueError(f"{path} holds {path.stat().st_size} bytes, its header promises {expected}; the file is "
+        raise ValueError(f"{path} has {path.stat().st_size} bytes but its header expects {expected}; the file is "
                          f"truncated or corrupt, prepare the data again")
     if count == 0:
         return np.zeros(0, dtype=f"<u{itemsize}")
@@ -78,7 +78,7 @@ def read_token_file(path) -> np.ndarray:
 
 
 def read_meta(data_dir) -> dict:
-    """meta.json of a data folder, checked for the format this code reads."""
+    """Read meta.json of a data folder and check that this code reads its format."""
     path = Path(data_dir) / "meta.json"
     meta = json.loads(path.read_text())
     if meta.get("format") != META_FORMAT or meta.get("version") != VERSION:
@@ -95,7 +95,7 @@ def write_meta(data_dir, meta: dict) -> None:
 
 
 def read_split(data_dir, split: str) -> list[np.ndarray]:
-    """The memory-mapped token files of one split, in order."""
+    """Return the memory-mapped token files of one split, in order."""
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
         raise ValueError(f"{data_dir} has no split {split!r}; it has {sorted(meta['splits'])}")
@@ -124,7 +124,7 @@ class CharTokenizer:
 
 
 def gpt2_encoding():
-    """tiktoken's GPT-2 encoding from its cache; never downloads, and says how to provide the files when absent."""
+    """Load tiktoken's GPT-2 encoding from its cache; never downloads, and raises with the way to provide missing files."""
     import tiktoken
 
     cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
@@ -139,7 +139,7 @@ def gpt2_encoding():
 
 
 def load_tokenizer(data_dir, spec: dict | None = None):
-    """The tokenizer meta.json names, as an object with encode_ordinary, decode, decode_single_token_bytes, n_vocab."""
+    """Load the tokenizer that meta.json names: an object with encode_ordinary, decode, decode_single_token_bytes, n_vocab."""
     spec = spec if spec is not None else read_meta(data_dir)["tokenizer"]
     if spec["kind"] == "char":
         return CharTokenizer(spec["chars"])

@@ -118,8 +118,9 @@ def write_notes(args, out: Path, report: dict, char_runs: list[dict]) -> None:
         best_char = min(char_runs, key=lambda r: r["bits_per_byte"])
         verdict = ("lower than" if scored["bits_per_byte"] < best_char["bits_per_byte"] else "not lower than")
         comparison = (f"The BPE model's {scored['bits_per_byte']:.3f} bits per byte is {verdict} the best character "
-                      f"model's {best_char['bits_per_byte']:.3f}. The two val sets are nearly the same text (the last 10% of "
-                      f"the play, cut at a character for week 4 and at a speech boundary here), so this is a fair but not an exact comparison.")
+                      f"model's {best_char['bits_per_byte']:.3f}. The two val sets are nearly the same text: the last 10% of "
+                      f"the play, cut at a character for week 4 and at a speech boundary here. So the comparison is "
+                      f"fair but not exact.")
     else:
         comparison = f"No week 4 report at `{args.week04}`: run `make week04` to add the character models to this table."
     notes = f"""# Week 5: the BPE language-model pipeline
@@ -167,9 +168,9 @@ Samples are in `samples.md`.
 - {comparison}
 - Perplexity per token is not comparable across tokenizers (a BPE token carries several
   characters); bits per byte is, which is why the table uses it.
-- A 4,096-entry embedding on a 1 MB corpus is mostly rare tokens: many appear a handful of times
-  in training, so the model overfits sooner than the character model (watch the gap between the
-  train and val curves).
+- A 4,096-entry vocabulary on a 1 MB corpus leaves many tokens with only a handful of training
+  occurrences, and the 4,096-wide head costs as much time per token as the four blocks; both
+  weigh less on a larger corpus and a larger model.
 
 ## Next step
 

@@ -103,4 +103,16 @@ def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="vocabulary"):
         speculative_generate(target, make_model(n_layer=1, n_embd=16, seed=0, vocab_size=41), [1], 5)
     with pytest.raises(ValueError, match="block_size"):
-        speculative_generate(target, target, [1] * 60, 10)
+        short = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=1, n_head=2, n_embd=16))
+        speculative_generate(target, short, [1], 10)
+
+
+@pytest.mark.parametrize("num_draft", [2, 5])
+def test_greedy_past_block_size_equals_target(num_draft):
+    # 150 new tokens with a 64-token block: the context is cropped several times, at the same
+    # moments as infer/generate.py crops it, so the tokens stay equal.
+    target = make_model(n_layer=2, n_embd=32, seed=0)
+    draft = make_model(n_layer=1, n_embd=16, seed=1)
+    for prompt in ([3, 1, 4], list(range(1, 40)) * 2):
+        expected = generate(target, [prompt], max_new_tokens=150).tokens[0]
+        assert speculative_generate(target, draft, prompt, max_new_tokens=150, num_draft=num_draft).tokens == expected

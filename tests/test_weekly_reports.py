@@ -128,3 +128,28 @@ def test_week05_writes_report(tmp_path):
     notes = (out / "notes.md").read_text()
     assert f"**{summary['eval']['bits_per_byte']:.3f} bits per byte**" in notes
     assert "characters, cpu_1" in notes and "2.500" in notes
+
+
+def test_week11_writes_report(tmp_path):
+    data = tmp_path / "char"
+    run_script(["charlm/train.py", "--config", "charlm/configs/cpu.yaml", "--model.n_layer=1", "--model.n_embd=32",
+                "--model.n_head=2", "--train.max_iters=20", "--train.eval_interval=20", "--train.eval_iters=2",
+                f"--data.dir={data}", f"--run.results_dir={tmp_path / 'target'}"])
+    target = next((tmp_path / "target").iterdir())
+    out = tmp_path / "week11"
+    run_script(["infer/week11.py", "--out", str(out), "--repeats", "1", "--new-tokens", "8,16", "--hf-new-tokens", "8",
+                "--lengths", "256,512", "--target-run", str(target), "--draft-iters", "20", "--spec-tokens", "40",
+                "--data-dir", str(data)], timeout=600)
+    for name in ("bench.md", "bench.json", "speculative.json", "notes.md", "plots/cache_tokens_per_s.png",
+                 "plots/ours_vs_transformers.png", "plots/attention_memory.png"):
+        assert (out / name).is_file(), name
+    spec = json.loads((out / "speculative.json").read_text())
+    greedy = [r for r in spec["rows"] if r["temperature"] == 0]
+    assert len(greedy) == 2
+    assert all(r["same_tokens_as_target"] is True for r in greedy)
+    assert all(0 <= r["acceptance_rate"] <= 1 for r in spec["rows"])
+    bench = json.loads((out / "bench.json").read_text())
+    assert all(r["same_tokens"] is True for r in bench["hf"])
+    notes = (out / "notes.md").read_text()
+    assert "## Interpretation" in notes
+    assert "512 new tokens were not measured" in notes
