@@ -34,7 +34,8 @@ from infer.generate import generate
 from lm.model import GPT, GPTConfig
 
 CACHE_MODEL = dict(vocab_size=4096, block_size=1088, n_layer=4, n_head=4, n_embd=256)
-HF_MODEL = dict(vocab_size=8192, n_positions=512, n_embd=256, n_layer=4, n_head=4)  # a small GPT-2 shape
+HF_MODEL = dict(vocab_size=8192, n_positions=512, n_embd=256, n_layer=4, n_head=4,  # a small GPT-2 shape
+                bos_token_id=None, eos_token_id=None)  # no end-of-text: every run makes all its tokens
 PROMPT_TOKENS = 16
 
 

@@ -60,7 +60,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, and skips autograd's version counting
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_tokens=(), generator=None,
              use_cache: bool = True, on_token=None, record_steps: bool = False) -> Generation:

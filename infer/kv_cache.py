@@ -31,11 +31,15 @@ class KVCache:
         self.batch_size = batch_size
         self.length = 0
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.has_padding = False
+        self._mask_key, self._mask = None, None
 
     def reset(self, pad: torch.Tensor | None = None) -> None:
         """Forget every slot; pad (B,) gives the left padding of the prompts that the next forward pass writes."""
         self.length = 0
         self.pad = torch.zeros_like(self.pad) if pad is None else pad.to(self.pad.device, torch.long)
+        self.has_padding = bool(self.pad.any())
+        self._mask_key, self._mask = None, None
 
     def positions(self, T: int) -> torch.Tensor:
         """Position ids (B, T) of the next T slots: slot index minus the row's padding, 0 for padding slots."""
@@ -52,12 +56,22 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def attention_mask(self, T: int) -> torch.Tensor:
-        """(B, 1, T, length + T), True where the query of new slot i may attend to key slot j.
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """(B, 1, T, length + T), True where the query of new slot i may attend to key slot j, or None for all.
 
         Causal (j <= length + i) and not padding (j >= pad[b]). A query also always sees its own
         slot, so the query of a padding slot has one key and a finite softmax; its output is never used.
+        One decoding step without padding may attend everywhere, and None lets attention skip the mask.
+        Every layer of a forward pass asks for the same mask, so it is built once per (length, T).
         """
+        if self._mask_key == (self.length, T):
+            return self._mask
+        self._mask_key, self._mask = (self.length, T), self._build_mask(T)
+        return self._mask
+
+    def _build_mask(self, T: int) -> torch.Tensor | None:
+        if T == 1 and not self.has_padding:
+            return None
         end = self.length + T
         query_slots = torch.arange(self.length, end, device=self.pad.device).view(1, T, 1)  # (1, T, 1)
         key_slots = torch.arange(end, device=self.pad.device).view(1, 1, end)  # (1, 1, length + T)

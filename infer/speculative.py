@@ -73,7 +73,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tokens: int, num_draft: int = 4,
                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                          stop_tokens=(), generator: torch.Generator | None = None) -> SpeculativeResult:

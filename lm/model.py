@@ -66,12 +66,14 @@ class CausalSelfAttention(nn.Module):
             # Cached inference: the new queries attend to every filled slot plus the T new ones.
             # The cache's mask is causal over slots and hides left padding. No dropout: inference only.
             k, v = cache.update(layer, k, v)  # each (B, H, S, D), S = filled slots + T
-            mask = cache.attention_mask(T)  # (B, 1, T, S)
+            mask = cache.attention_mask(T)  # (B, 1, T, S), or None when every key may be seen
             if self.attention == "sdpa":
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             else:
                 scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
-                y = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v  # (B, H, T, S) @ (B, H, S, D)
+                if mask is not None:
+                    scores = scores.masked_fill(~mask, float("-inf"))
+                y = F.softmax(scores, dim=-1) @ v  # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D)
         elif self.attention == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
