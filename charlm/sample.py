@@ -12,40 +12,24 @@ from a newline.
 """
 
 import argparse
-from pathlib import Path
 
 import torch
-import yaml
 
-from common.checkpoint import load_checkpoint, load_model_state
 from common.errors import UserError, run_cli
-from lm.model import GPT, GPTConfig
-from lm.tokens import load_tokenizer, read_meta
+from lm.runs import open_run
 
 
 def sample_run(run, prompt: str = "", num_samples: int = 2, max_new_tokens: int = 200, temperature: float = 0.8,
                top_k: int | None = None, top_p: float | None = None, seed: int = 1337, checkpoint: str = "best.pt") -> list[str]:
     """Return num_samples continuations of prompt, each starting with the prompt text."""
-    run = Path(run)
-    config_path = run / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"run directory {run} has no config.yaml; pass a folder written by charlm/train.py or lm/train.py")
-    data_dir = Path(yaml.safe_load(config_path.read_text())["data"]["dir"])
-    try:
-        meta = read_meta(data_dir)
-        tokenizer = load_tokenizer(data_dir)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the tokenizer of {data_dir}: {exc}; prepare the data with the run's settings") from None
+    opened = open_run(run, checkpoint)
+    model, tokenizer, meta = opened.model, opened.tokenizer, opened.meta
     try:
         prompt_ids = tokenizer.encode_ordinary(prompt)
     except ValueError as exc:
         raise UserError(f"prompt {prompt!r}: {exc}") from None
     if not prompt_ids:
         prompt_ids = [meta["eot_id"]] if meta.get("eot_id") is not None else tokenizer.encode_ordinary("\n")
-
-    state = load_checkpoint(run / "checkpoints" / checkpoint)
-    model = GPT(GPTConfig(**state["model_config"]))
-    load_model_state(model, state["model"], checkpoint)
     prompt_tensor = torch.tensor([prompt_ids], dtype=torch.long)  # (1, prompt length)
     generator = torch.Generator().manual_seed(seed)
     samples = []
@@ -60,7 +44,8 @@ def sample_run(run, prompt: str = "", num_samples: int = 2, max_new_tokens: int 
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(prog="charlm/sample.py", description="Sample text from a trained GPT.")
+    parser = argparse.ArgumentParser(prog="charlm/sample.py", description="Sample text from a trained GPT.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by charlm/train.py or lm/train.py")
     parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints to load (best.pt or last.pt)")
     parser.add_argument("--prompt", default="", help="text to continue (a character model knows only the characters of its training text)")

@@ -167,7 +167,7 @@ def resolve_resume_dir(resume: str) -> tuple[Path, Path]:
         return path, path / "checkpoints" / "last.pt"
     if path.is_file():
         return path.parent.parent, path
-    raise UserError(f"run.resume {resume} not found; pass a run directory such as results/mnist_20260101-120000")
+    raise UserError(f"run.resume {resume} not found; pass a run directory that this script wrote, results/<run.name>_<YYYYmmdd-HHMMSS>")
 
 
 def check_system(cfg, info: DistInfo) -> None:

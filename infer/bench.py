@@ -67,7 +67,9 @@ def bench_cache(repeats: int, new_token_counts: list[int]) -> list[dict]:
 
 def bench_hf(repeats: int, new_tokens: int, batches: list[int]) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # save_pretrained's progress bar would interleave with the report lines
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(**HF_MODEL, attn_implementation="sdpa")).eval()
     with tempfile.TemporaryDirectory() as folder:
@@ -242,7 +244,8 @@ def main(argv) -> None:
     if argv[:1] == ["--measure-memory"]:  # the child process of bench_memory
         print(json.dumps(measure_attention_memory(argv[1], int(argv[2]))))
         return
-    parser = argparse.ArgumentParser(prog="infer/bench.py", description="KV cache, transformers and attention-memory benchmarks.")
+    parser = argparse.ArgumentParser(prog="infer/bench.py", description="KV cache, transformers and attention-memory benchmarks.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="results/bench_infer", help="report folder; must not exist yet")
     parser.add_argument("--parts", default="cache,hf,memory", help="comma-separated: cache, hf, memory")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per side; the median is reported")
@@ -253,8 +256,10 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     unknown = sorted(set(parts) - {"cache", "hf", "memory"})
-    if unknown or args.repeats <= 0 or args.hf_new_tokens <= 0:
-        raise UserError(f"--parts takes cache, hf, memory (got {args.parts!r}); --repeats and --hf-new-tokens must be positive")
+    if unknown:
+        raise UserError(f"--parts has unknown part {unknown[0]!r}; valid parts: cache, hf, memory")
+    if args.repeats <= 0 or args.hf_new_tokens <= 0:
+        raise UserError(f"--repeats ({args.repeats}) and --hf-new-tokens ({args.hf_new_tokens}) must be positive")
     new_tokens, batches = parse_ints(args.new_tokens, "--new-tokens"), parse_ints(args.batches, "--batches")
     lengths = parse_ints(args.lengths, "--lengths")
     with report_dir(args.out) as out:

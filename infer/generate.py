@@ -29,19 +29,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from common.checkpoint import load_checkpoint, load_model_state
 from common.errors import UserError, run_cli
 from infer.kv_cache import KVCache
-from lm.model import GPT, GPTConfig, filter_logits
-from lm.tokens import gpt2_encoding, load_tokenizer, read_meta
+from lm.model import GPT, filter_logits
+from lm.runs import open_run
+from lm.tokens import gpt2_encoding
 
 
 @dataclass
 class Generation:
     tokens: list[list[int]]  # the new tokens of each row, a stop token included
     finish_reasons: list[str]  # "stop" or "length" per row
+    prefill_tokens: int = 0  # prompt tokens in the first forward pass, after cropping to block_size
     prefill_s: float = 0.0  # the first forward pass over the prompts
     decode_s: float = 0.0  # every later pass, re-prefills of a full cache included
     steps: list[dict] = field(default_factory=list)  # with record_steps: logits (B, V) and context starts per step
@@ -97,6 +97,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
     start_time = time.perf_counter()
     logits = prefill()
     result.prefill_s = time.perf_counter() - start_time
+    result.prefill_tokens = sum(len(s) - start for s, start in zip(sequences, starts))
     for step in range(max_new_tokens):
         if record_steps:
             result.steps.append({"logits": logits.clone(), "starts": list(starts)})
@@ -142,28 +143,20 @@ class Utf8Stream:
 def load_model(args) -> tuple[GPT, object, int | None]:
     """Load the model, its tokenizer and its <|endoftext|> id (None for a character model) from --run or --gpt2-dir."""
     if args.gpt2_dir:
+        if not (Path(args.gpt2_dir) / "config.json").is_file():
+            raise UserError(f"--gpt2-dir {args.gpt2_dir} has no config.json; pass a folder that transformers' "
+                            f"save_pretrained wrote for a GPT-2 model")
         try:
             model = GPT.from_pretrained(args.gpt2_dir, attention=args.attention or "sdpa")
-            tokenizer = gpt2_encoding()
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load GPT-2 from {args.gpt2_dir}: {exc}") from None
-        return model, tokenizer, tokenizer.eot_token
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"run directory {run} has no config.yaml; pass a folder written by charlm/train.py or lm/train.py")
-    data_dir = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["dir"])
-    try:
-        meta = read_meta(data_dir)
-        tokenizer = load_tokenizer(data_dir)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the tokenizer of {data_dir}: {exc}; prepare the data with the run's settings") from None
-    state = load_checkpoint(run / "checkpoints" / args.checkpoint)
-    config = dict(state["model_config"])
-    if args.attention:
-        config["attention"] = args.attention
-    model = GPT(GPTConfig(**config))
-    load_model_state(model, state["model"], args.checkpoint)
-    return model, tokenizer, meta.get("eot_id")
+            raise UserError(f"cannot load GPT-2 weights from {args.gpt2_dir}: {exc}") from None
+        try:
+            tokenizer = gpt2_encoding()
+        except FileNotFoundError as exc:
+            raise UserError(f"the GPT-2 weights loaded, but the tokenizer did not: {exc}") from None
+        return model.eval(), tokenizer, tokenizer.eot_token
+    opened = open_run(args.run, args.checkpoint, args.attention)
+    return opened.model, opened.tokenizer, opened.meta.get("eot_id")
 
 
 def single_token(tokenizer, text: str) -> int:
@@ -175,26 +168,28 @@ def single_token(tokenizer, text: str) -> int:
     except (KeyError, ValueError):
         ids = []
     if len(ids) != 1:
-        raise UserError(f"--stop {text!r} is not a single token of this tokenizer; pass one character or a special token")
+        raise UserError(f"--stop {text!r} is not a single token of this tokenizer; pass a text that encodes to exactly "
+                        f"one token, such as '<|endoftext|>' or, for a character model, one character")
     return ids[0]
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(prog="infer/generate.py", description="Generate text with the KV cache.")
+    parser = argparse.ArgumentParser(prog="infer/generate.py", description="Generate text with the KV cache.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run directory written by charlm/train.py or lm/train.py")
     source.add_argument("--gpt2-dir", help="Hugging Face GPT-2 folder (config.json and weights); its tokenizer comes from tiktoken's cache")
     parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints to load")
     parser.add_argument("--prompt", action="append", help="text to continue; repeat for a batch (default: start of a document)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per prompt")
-    parser.add_argument("--temperature", type=float, default=0.0, help="softmax temperature; 0 picks the argmax")
+    parser.add_argument("--temperature", type=float, default=0.0, help="softmax temperature; 0 picks the argmax (greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set with probability >= p")
     parser.add_argument("--stop", action="append", default=[], help="a single-token text that ends a row, e.g. '<|endoftext|>'; repeatable")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator")
     parser.add_argument("--attention", choices=("manual", "sdpa"), help="attention implementation (default: the checkpoint's)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
-    parser.add_argument("--no-stream", action="store_true", help="print each text when it is complete")
+    parser.add_argument("--no-stream", action="store_true", help="print each text when it is complete (a batch of prompts never streams)")
     args = parser.parse_args(argv)
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens is {args.max_new_tokens}, must be positive")
@@ -233,7 +228,7 @@ def main(argv) -> None:
             print("-" * 40)
     seconds = result.prefill_s + result.decode_s
     print(f"{result.new_tokens} new tokens in {seconds:.2f} s ({result.new_tokens / seconds:,.1f} tokens/s; prefill of "
-          f"{sum(len(p) for p in prompts)} prompt tokens {1000 * result.prefill_s:.1f} ms) | "
+          f"{result.prefill_tokens} prompt tokens in {1000 * result.prefill_s:.1f} ms) | "
           f"cache {'off' if args.no_cache else 'on'} | finished: {', '.join(result.finish_reasons)}", file=sys.stderr)
 
 

@@ -33,7 +33,8 @@ from lm.model import GPT, GPTConfig
 from lm.tokens import load_tokenizer, read_split
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="infer/week11.py", description="Inference: KV cache, tiled attention, speculative decoding.")
+    parser = argparse.ArgumentParser(prog="infer/week11.py", description="Inference: KV cache, tiled attention, speculative decoding.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="results/week11", help="report folder; must not exist yet")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per side; the median is reported")
     parser.add_argument("--new-tokens", default="64,128,256,512,1024", help="new-token counts of the cache benchmark")
@@ -143,12 +144,18 @@ def speculative_experiment(args, out: Path) -> dict:
             "rows": rows, "sample": tokenizer.decode(prompts[0] + sample.tokens)}
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def write_notes(args, out: Path, results: dict, spec: dict) -> None:
     cache = {r["new_tokens"]: r for r in results["cache"]}
     at_512 = cache.get(512)
     hf = {r["batch"]: r for r in results["hf"]}
     memory = results["memory"]
     longest = memory[-1]
+    memory_ratio = (f"{longest['ratio']:.1f}x less" if longest["ratio"] >= 1
+                    else f"{1 / longest['ratio']:.1f}x more")
     spec_table = markdown_table(
         ["temperature", "drafted per round", "acceptance", "target alone tokens/s", "speculative tokens/s", "speed-up",
          "greedy output equals target's"],
@@ -164,7 +171,7 @@ def write_notes(args, out: Path, results: dict, spec: dict) -> None:
         spec_line = (f"Speculative decoding did not speed generation up in any setting here (best "
                      f"{best['speedup']:.2f}x, temperature {best['temperature']}, {best['num_draft']} drafted tokens).")
     cache_line = (f"At 512 new tokens the cache is **{at_512['speedup']:.1f}x** faster than recomputing the context "
-                  f"(target: at least 5x)." if at_512 else "512 new tokens were not measured in this run.")
+                  f"(goal: at least 5x)." if at_512 else "512 new tokens were not measured in this run.")
     hf_line = "; ".join(f"batch {b}: {r['ratio']:.2f}x ({'same' if r['same_tokens'] else 'DIFFERENT'} tokens)" for b, r in hf.items())
     notes = f"""# Week 11: fast inference
 
@@ -182,13 +189,13 @@ than the target and agrees with it often.
 
 - Cache and transformers benchmarks: `infer/bench.py`, randomly initialised models (the cost of a
   forward pass does not depend on the weights), greedy, both sides alternating, median of
-  {args.repeats}. The transformers side is `GPT2LMHeadModel.generate` with the same weights saved by
+  {plural(args.repeats, 'measurement')} per side. The transformers side is `GPT2LMHeadModel.generate` with the same weights saved by
   transformers and read by `GPT.from_pretrained`.
 - Memory: peak RSS growth of one causal forward and backward, B=1, H=2, D=64, float32, each point
   in a fresh process; the tiled version uses tiles of 256.
 - Speculative decoding: target `{spec['target_run']}` ({spec['target_source']}, {spec['target_params']:,} parameters),
   draft `{spec['draft_run']}` ({spec['draft_params']:,} parameters); 4 prompts of 32 val characters, {args.spec_tokens}
-  new tokens each, {args.repeats} repeats; one cached single-token forward pass costs {spec['target_forward_ms']:.2f} ms for
+  new tokens each, {plural(args.repeats, 'repeat')}; one cached single-token forward pass costs {spec['target_forward_ms']:.2f} ms for
   the target and {spec['draft_forward_ms']:.2f} ms for the draft (a cost ratio of {cost_ratio:.2f}).
 - Machine: {machine_description()}; {torch.get_num_threads()} torch threads.
 
@@ -212,9 +219,9 @@ Sample (target + draft, temperature 0.8, 4 drafted per round):
 ## Interpretation
 
 - {cache_line}
-- Ours over transformers: {hf_line} (target at batch 1: at least 1.0, aim 1.5).
+- Ours over transformers: {hf_line} (goal at batch 1: at least 1.0, ideally 1.5).
 - At {longest['length']:,} tokens tiled attention used {longest['tiled_peak_mb']:.1f} MB against {longest['naive_peak_mb']:.1f} MB for naive
-  attention, {longest['ratio']:.0f}x less (target: under an eighth), and took {longest['tiled_seconds']:.2f} s against
+  attention, {memory_ratio} (goal: under an eighth), and took {longest['tiled_seconds']:.2f} s against
   {longest['naive_seconds']:.2f} s for the forward and backward. Tiles of 256 amortise the per-call cost of
   PyTorch, the causal version skips the tiles above the diagonal, and the naive version
   writes and reads matrices of L x L floats.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import run_cli
+from common.errors import UserError, run_cli
 from common.perf import measure_cpu_peak_tflops
 from common.report import fresh_out_dir, machine_description, markdown_table
 from lm.bpe import BPETokenizer
@@ -107,7 +107,8 @@ def bench_tokenizer(repeats: int, text: str, vocab_size: int = 4096) -> dict:
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(prog="lm/bench.py", description="Attention and tokenizer benchmarks.")
+    parser = argparse.ArgumentParser(prog="lm/bench.py", description="Attention and tokenizer benchmarks.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="results/bench_lm", help="report folder; must not exist yet")
     parser.add_argument("--parts", default="attention,tokenizer", help="comma-separated: attention, tokenizer")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per side; the median is reported")
@@ -116,6 +117,9 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     out = fresh_out_dir(args.out)
     parts = args.parts.split(",")
+    unknown = sorted(set(parts) - {"attention", "tokenizer"})
+    if unknown:
+        raise UserError(f"--parts has unknown part {unknown[0]!r}; valid parts: attention, tokenizer")
     results = {"machine": machine_description(), "threads": torch.get_num_threads(), "repeats": args.repeats}
     lines = [f"# LM benchmarks\n\nMachine: {results['machine']}; {results['threads']} torch threads; "
              f"median of {args.repeats} alternating measurements per side.\n"]

@@ -29,6 +29,8 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from common.errors import UserError, run_cli
+
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
@@ -206,22 +208,29 @@ def split_on_specials(text: str, specials, keep: bool = False) -> list[str]:
     return [p for p in parts if p] if keep else [p for p in parts if p and p not in specials]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="lm/bpe.py", description="Train a byte-level BPE tokenizer on a text file.")
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(prog="lm/bpe.py", description="Train a byte-level BPE tokenizer on a text file.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", default="data/tinyshakespeare/input.txt", help="UTF-8 text file to train on")
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size including 256 bytes and <|endoftext|>")
     parser.add_argument("--pattern", default="gpt4", choices=("gpt2", "gpt4"), help="pre-split regex")
     parser.add_argument("--out", default="bpe.json", help="where to save the tokenizer (JSON)")
     args = parser.parse_args(argv)
+    if not Path(args.input).is_file():
+        raise UserError(f"--input {args.input} is not a file; pass a UTF-8 text file")
     text = Path(args.input).read_text(encoding="utf-8")
     start = time.perf_counter()
-    tok = BPETokenizer.train(text, args.vocab_size, GPT2_PATTERN if args.pattern == "gpt2" else GPT4_PATTERN, log=print)
+    try:
+        tok = BPETokenizer.train(text, args.vocab_size, GPT2_PATTERN if args.pattern == "gpt2" else GPT4_PATTERN, log=print)
+    except ValueError as exc:
+        raise UserError(f"--vocab-size {args.vocab_size}: {exc}") from None
     seconds = time.perf_counter() - start
     ids = tok.encode(text)
     print(f"trained {tok.vocab_size} tokens in {seconds:.2f} s; {len(text.encode('utf-8')) / len(ids):.2f} bytes per token")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(args.out)
     print(f"saved {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

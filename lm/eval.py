@@ -19,17 +19,15 @@ count in the NLL but add no bytes, since they are not text.
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from common.checkpoint import load_checkpoint, load_model_state
 from common.errors import UserError, run_cli
-from lm.model import GPT, GPTConfig
-from lm.tokens import load_tokenizer, read_meta, read_split, token_byte_lengths
+from lm.model import GPT
+from lm.runs import open_run
+from lm.tokens import read_split, token_byte_lengths
 
 
 @torch.no_grad()
@@ -62,20 +60,14 @@ def sliding_window_nll(model: GPT, tokens: torch.Tensor, window: int, stride: in
 def evaluate_run(run, checkpoint: str = "best.pt", split: str = "val", window: int = 0, stride: int = 0,
                  max_tokens: int = 0) -> dict:
     """Score a split of a run's data with a checkpoint; return loss, perplexity and bits per byte."""
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"run directory {run} has no config.yaml; pass a folder written by lm/train.py or charlm/train.py")
-    data_dir = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["dir"])
+    opened = open_run(run, checkpoint)
+    model, data_dir = opened.model, opened.data_dir
     try:
-        meta = read_meta(data_dir)
         tokens = torch.from_numpy(np.concatenate(read_split(data_dir, split)).astype(np.int64))
-        byte_lengths = token_byte_lengths(load_tokenizer(data_dir), meta.get("eot_id"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the {split} tokens of {data_dir}: {exc}; prepare the data with the run's "
                         f"settings") from None
-    state = load_checkpoint(run / "checkpoints" / checkpoint)
-    model = GPT(GPTConfig(**state["model_config"]))
-    load_model_state(model, state["model"], checkpoint)
+    byte_lengths = token_byte_lengths(opened.tokenizer, opened.meta.get("eot_id"))
 
     if max_tokens:
         tokens = tokens[:max_tokens]
@@ -84,14 +76,15 @@ def evaluate_run(run, checkpoint: str = "best.pt", split: str = "val", window: i
     try:
         total, count, scored = sliding_window_nll(model, tokens, window, stride)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{exc}; pass --window at most {model.config.block_size} and --stride at most --window") from None
     n_bytes = int(byte_lengths[tokens[scored].numpy()].sum())
     return {"split": split, "tokens": count, "bytes": n_bytes, "window": window, "stride": stride,
             "loss": total / count, "perplexity": math.exp(total / count), "bits_per_byte": total / (math.log(2) * n_bytes)}
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(prog="lm/eval.py", description="Sliding-window perplexity of a GPT run.")
+    parser = argparse.ArgumentParser(prog="lm/eval.py", description="Sliding-window perplexity of a GPT run.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by lm/train.py or charlm/train.py")
     parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints to evaluate")
     parser.add_argument("--split", default="val", choices=("train", "val"), help="split of the run's data to score")

@@ -358,7 +358,8 @@ def train(cfg: Config, info: DistInfo, prepare_data=None) -> dict:
         }
         write_json_atomic(run_dir / "summary.json", summary)
         plot_run(run_dir / "metrics.csv", run_dir / "plots", title=cfg.run.name)
-        log.info(f"done in {train_time_s:.1f} s of training | best val loss {best_val:.4f} | summary {run_dir / 'summary.json'}")
+        log.info(f"done: {summary['step_time_s']:.1f} s of training steps ({train_time_s:.1f} s with evaluation and "
+                 f"checkpoints) | best val loss {best_val:.4f} | summary {run_dir / 'summary.json'}")
     barrier(info)
     return {"summary": summary, "run_dir": run_dir, "model": raw_model}
 

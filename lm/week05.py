@@ -38,7 +38,8 @@ CONFIG = "lm/configs/bpe_cpu.yaml"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="lm/week05.py", description="BPE tokenizer, packing, training and perplexity.")
+    parser = argparse.ArgumentParser(prog="lm/week05.py", description="BPE tokenizer, packing, training and perplexity.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="results/week05", help="report folder; must not exist yet")
     parser.add_argument("--input", default="data/tinyshakespeare/input.txt", help="UTF-8 text to tokenize and train on")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary, with the 256 bytes and <|endoftext|>")

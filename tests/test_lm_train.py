@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, load_model_state
 from lm.bpe import BPETokenizer
+from lm.model import GPT, GPTConfig
 from lm.prepare import prepare
 from lm.train import get_batch
 from tests.conftest import REPO, only_run_dir, run_script, run_torchrun
@@ -82,4 +83,10 @@ def test_two_ranks_with_accumulation(tmp_path, shards):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 30
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert len(ckpt["rng_states"]) == 2 and ckpt["step"] == 30
+    assert len(ckpt["rng_states"]) == 2
+    assert ckpt["step"] == 30
+    # Saved from the DDP-wrapped model: clean keys that load strictly into a plain GPT.
+    assert not any(key.startswith("module.") for key in ckpt["model"])
+    plain = GPT(GPTConfig(**ckpt["model_config"]))
+    load_model_state(plain, ckpt["model"], "last.pt")
+    assert plain.lm_head.weight.data_ptr() == plain.wte.weight.data_ptr()
