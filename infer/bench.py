@@ -122,7 +122,7 @@ def measure_attention_memory(kind: str, length: int) -> dict:
 
 
 def rss_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status, in KiB: VmRSS (now) or VmHWM (peak)."""
+    """Read a memory figure of this process from /proc/self/status, in KiB: VmRSS (now) or VmHWM (peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])

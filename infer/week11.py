@@ -7,7 +7,7 @@
    transformers' GPT2LMHeadModel.generate on the same weights, and the peak memory of naive
    against tiled attention.
 2. Speculative decoding on tiny Shakespeare characters. The target is week 4's cpu_best model
-   (--target-run, or trained here when week 4 has not run); the draft is a 1-layer, 64-wide
+   (--target-run, or trained here when week 4 has not run). The draft is a 1-layer, 64-wide
    character model trained here for --draft-iters iterations. Greedy and sampled generation from
    val-text prompts, target alone against target plus draft, alternating, median tokens/s, with
    the acceptance rate and a check that greedy speculative output equals the target's own.
@@ -156,12 +156,17 @@ def write_notes(args, out: Path, results: dict, spec: dict) -> None:
     longest = memory[-1]
     memory_ratio = (f"{longest['ratio']:.1f}x less" if longest["ratio"] >= 1
                     else f"{1 / longest['ratio']:.1f}x more")
+    def greedy_match(row: dict) -> str:
+        if row["same_tokens_as_target"] is None:
+            return "n/a"
+        return "yes" if row["same_tokens_as_target"] else "NO"
+
     spec_table = markdown_table(
         ["temperature", "drafted per round", "acceptance", "target alone tokens/s", "speculative tokens/s", "speed-up",
          "greedy output equals target's"],
         [[r["temperature"], r["num_draft"], f"{100 * r['acceptance_rate']:.0f}%", f"{r['target_tokens_per_s']:,.0f}",
           f"{r['speculative_tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
-          "n/a" if r["same_tokens_as_target"] is None else ("yes" if r["same_tokens_as_target"] else "NO")] for r in spec["rows"]])
+          greedy_match(r)] for r in spec["rows"]])
     cost_ratio = spec["draft_forward_ms"] / spec["target_forward_ms"]
     best = max(spec["rows"], key=lambda r: r["speedup"])
     if best["speedup"] > 1:

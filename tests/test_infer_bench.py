@@ -21,7 +21,7 @@ def test_memory_probe_separates_naive_from_tiled():
     for kind in ("naive", "tiled"):
         proc = run_script(["infer/bench.py", "--measure-memory", kind, "2048"])
         sizes[kind] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
-    # Naive attention holds (1, 2, 2048, 2048) float32 scores (32 MiB) and more of that size for softmax and backward.
+    # Naive attention keeps (1, 2, 2048, 2048) float32 scores (32 MiB) and more of that size for softmax and backward.
     assert sizes["naive"] > 32
     assert sizes["tiled"] < sizes["naive"] / 4
 
