@@ -1,6 +1,6 @@
 """Inference benchmarks: cached against uncached generation, ours against Hugging Face, naive against tiled attention.
 
-    python infer/bench.py --out results/bench_infer                   # all parts, about 10 minutes on 2 cores
+    python infer/bench.py --out results/bench_infer                   # all parts, about 5 minutes on 2 cores
     python infer/bench.py --out /tmp/b --parts hf --repeats 3
 
 Part `cache`: greedy tokens/s of infer/generate.py with and without the KV cache, for several
