@@ -8,8 +8,8 @@
 
 The data folder is what lm/prepare.py (or charlm/prepare.py, for characters) writes: token files
 per split and a meta.json (lm/tokens.py). Each iteration draws `train.batch_size` random windows
-of block_size + 1 tokens from the training files (the batch is global: split over ranks and
-accumulation micro-steps); a window never crosses from one file into the next. The loss of a
+of block_size + 1 tokens from the training files, and a window never crosses from one file into
+the next. The batch is global: it is split over ranks and accumulation micro-steps. The loss of a
 step is the sum over its tokens divided by the tokens of the whole step, so accumulation and
 DDP give the gradient of one large batch. The LR warms up linearly, then follows a cosine to
 min_lr at lr_decay_iters. Every eval_interval iterations the mean loss over eval_iters random

@@ -48,7 +48,8 @@ def test_every_token_once_and_one_eot_between_documents(tmp_path, tokenizer_file
     expected = {"train": [], "val": []}
     for doc in DOCS:
         expected["val" if rng.random() < 0.3 else "train"].append(doc)
-    assert expected["train"] and expected["val"]
+    assert expected["train"]
+    assert expected["val"]
     for split in ("train", "val"):
         shards = read_split(tmp_path / "out", split)
         assert all(len(s) == 37 for s in shards[:-1]) and 0 < len(shards[-1]) <= 37
@@ -116,16 +117,20 @@ def test_cli_errors_and_nothing_overwritten(tmp_path, tokenizer_file):
     assert read_meta(out)["splits"]["train"]["documents"] > 0
     again = run_script(["lm/prepare.py", "--input", str(source), "--tokenizer", str(tokenizer_file), "--out-dir", str(out)],
                        check=False)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text"}\n')
     bad = run_script(["lm/prepare.py", "--input", str(tmp_path / "bad.jsonl"), "--tokenizer", str(tokenizer_file),
                       "--out-dir", str(tmp_path / "bad")], check=False)
-    assert bad.returncode == 2 and "bad.jsonl:2" in bad.stderr and "text" in bad.stderr
+    assert bad.returncode == 2
+    assert "bad.jsonl:2" in bad.stderr
+    assert "text" in bad.stderr
     missing = run_script(["lm/prepare.py", "--input", str(source), "--tokenizer", str(tmp_path / "nope.json"),
                           "--out-dir", str(tmp_path / "x")], check=False)
-    assert missing.returncode == 2 and "nope.json" in missing.stderr
+    assert missing.returncode == 2
+    assert "nope.json" in missing.stderr
 
 
 def test_gpt2_without_cache_says_how_to_provide_it(tmp_path, monkeypatch):

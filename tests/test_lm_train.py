@@ -55,7 +55,8 @@ def test_learns_on_bpe_shards_and_samples(tmp_path, shards):
     assert summary["best_val_loss"] < math.log(VOCAB) - 1.0  # uniform over 320 tokens is 5.77 nats
     sample = run_script(["charlm/sample.py", "--run", str(run_dir), "--prompt", "KING", "--num-samples", "1",
                          "--max-new-tokens", "20"]).stdout
-    assert sample.startswith("KING") and len(sample) > len("KING") + 20
+    assert sample.startswith("KING")
+    assert len(sample) > len("KING") + 20
     scored = run_script(["lm/eval.py", "--run", str(run_dir), "--max-tokens", "1000"]).stdout
     assert "val: 999 tokens scored" in scored
 
@@ -72,7 +73,8 @@ def test_time_limit_stops_early(tmp_path, shards):
 def test_missing_data_is_one_clear_error(tmp_path):
     proc = run_script([*TINY, f"--data.dir={tmp_path / 'nothing'}", f"--run.results_dir={tmp_path}"], check=False)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: data.dir") and "lm/prepare.py" in proc.stderr
+    assert proc.stderr.startswith("error: data.dir")
+    assert "lm/prepare.py" in proc.stderr
 
 
 @pytest.mark.multiprocess
@@ -81,7 +83,8 @@ def test_two_ranks_with_accumulation(tmp_path, shards):
                      "--train.grad_accum_steps=2", "--train.eval_interval=15", f"--run.results_dir={tmp_path}"])
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 30
+    assert summary["world_size"] == 2
+    assert summary["steps"] == 30
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert len(ckpt["rng_states"]) == 2
     assert ckpt["step"] == 30
