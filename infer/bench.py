@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError, run_cli
+from common.perf import sync
 from common.report import machine_description, markdown_table, report_dir
 from infer.generate import generate
 from lm.model import GPT, GPTConfig
@@ -65,7 +66,7 @@ def bench_cache(repeats: int, new_token_counts: list[int]) -> list[dict]:
     return rows
 
 
-def bench_hf(repeats: int, new_tokens: int, batches: list[int]) -> list[dict]:
+def bench_hf(repeats: int, new_tokens: int, batches: list[int], device: str = "cpu") -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
@@ -74,21 +75,24 @@ def bench_hf(repeats: int, new_tokens: int, batches: list[int]) -> list[dict]:
     hf = GPT2LMHeadModel(GPT2Config(**HF_MODEL, attn_implementation="sdpa")).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)  # config.json and model.safetensors, read back by our own loader
-        ours = GPT.from_pretrained(folder, attention="sdpa").eval()
+        ours = GPT.from_pretrained(folder, attention="sdpa").eval().to(device)
+    hf = hf.to(device)
     rows = []
     for batch in batches:
         prompts = random_prompts(batch, PROMPT_TOKENS, HF_MODEL["vocab_size"], seed=batch)
-        ids = torch.tensor(prompts)
+        ids = torch.tensor(prompts, device=device)
         rates = {"ours": [], "hf": []}
         same_tokens = None
         for _ in range(repeats):
             start = time.perf_counter()
             result = generate(ours, prompts, new_tokens)
+            sync(torch.device(device))
             rates["ours"].append(batch * new_tokens / (time.perf_counter() - start))
             start = time.perf_counter()
             with torch.no_grad():
                 hf_out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            sync(torch.device(device))
             rates["hf"].append(batch * new_tokens / (time.perf_counter() - start))
             same_tokens = hf_out[:, PROMPT_TOKENS:].tolist() == result.tokens
         ours_rate, hf_rate = statistics.median(rates["ours"]), statistics.median(rates["hf"])
