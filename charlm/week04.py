@@ -7,7 +7,7 @@ Trains charlm/configs/cpu.yaml (nanoGPT's small CPU configuration) --repeats tim
 median ms per iteration next to the val loss, then charlm/configs/cpu_best.yaml (the lowest val
 loss we found for 80 s of training on 2 cores) once. Each run's best checkpoint is scored with a
 sliding window over the whole val split (lm/eval.py: loss, perplexity, bits per byte) and
-sampled; lm/bench.py's attention part measures training tokens/s with the hand-written attention
+sampled. lm/bench.py's attention part measures training tokens/s with the hand-written attention
 and with SDPA across sequence lengths. Writes OUT/metrics.csv, OUT/runs.csv, OUT/samples.md,
 OUT/bench.json, OUT/plots/*.png and OUT/notes.md; the runs are under OUT/runs.
 """
@@ -24,10 +24,11 @@ from charlm import train as charlm_train
 from charlm.sample import sample_run
 from common.errors import UserError, run_cli
 from common.perf import measure_cpu_peak_tflops
-from common.report import machine_description, markdown_table, merge_metrics, report_dir
+from common.report import machine_description, markdown_table, merge_metrics, plural, report_dir
 from common.run import read_metrics
 from lm.bench import bench_attention
 from lm.eval import evaluate_run
+from lm.train import short_run_overrides
 
 BASELINE = "charlm/configs/cpu.yaml"
 # nanoGPT with BASELINE's settings, measured on a 2-core cloud VM (AMD EPYC) in a separate
@@ -62,9 +63,7 @@ def parse_args(argv):
 def train_run(args, out: Path, config: str, name: str, peak: float) -> dict:
     overrides = [f"--system.peak_tflops={peak}"]
     if args.max_iters:
-        n = args.max_iters
-        overrides += [f"--train.max_iters={n}", f"--train.lr_decay_iters={n}", f"--train.warmup_iters={max(1, n // 10)}",
-                     f"--train.eval_interval={n}", f"--train.log_interval={max(1, n // 3)}"]
+        overrides += short_run_overrides(args.max_iters)
     result = charlm_train.main(["--config", config, f"--run.name={name}", f"--run.results_dir={out / 'runs'}",
                                 f"--data.dir={args.data_dir}", *overrides])
     summary = result["summary"]
@@ -198,10 +197,6 @@ Move from characters to BPE tokens (week 5), where the same model sees about 3x 
 token, and compare the two in bits per byte.
 """
     (out / "notes.md").write_text(notes)
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def read_yaml(path: str) -> dict:

@@ -72,6 +72,11 @@ def merge_metrics(runs: list[tuple[dict, Path]], out_csv: Path) -> None:
         writer.writerows(rows)
 
 
+def plural(count: int, noun: str) -> str:
+    """Format a count with its noun: "1 run", "3 runs"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -222,6 +222,15 @@ def report_tables(results: dict) -> list[str]:
     return lines
 
 
+def write_report(results: dict, out: Path) -> None:
+    """Write OUT/bench.json, OUT/bench.md and the plots of a run_parts result."""
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    header = (f"# Inference benchmarks\n\nMachine: {results['machine']}; {results['threads']} torch threads; "
+              f"median of {results['repeats']} alternating measurements per side.\n")
+    (out / "bench.md").write_text("\n".join([header, *report_tables(results)]))
+    plot(results, out)
+
+
 def run_parts(parts: list[str], repeats: int, new_tokens: list[int], hf_new_tokens: int, batches: list[int],
               lengths: list[int]) -> dict:
     results = {"machine": machine_description(), "threads": torch.get_num_threads(), "repeats": repeats}
@@ -268,11 +277,7 @@ def main(argv) -> None:
     lengths = parse_ints(args.lengths, "--lengths")
     with report_dir(args.out) as out:
         results = run_parts(parts, args.repeats, new_tokens, args.hf_new_tokens, batches, lengths)
-        (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-        header = (f"# Inference benchmarks\n\nMachine: {results['machine']}; {results['threads']} torch threads; "
-                  f"median of {args.repeats} alternating measurements per side.\n")
-        (out / "bench.md").write_text("\n".join([header, *report_tables(results)]))
-        plot(results, out)
+        write_report(results, out)
         print(f"report: {out / 'bench.md'}")
 
 

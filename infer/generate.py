@@ -10,7 +10,7 @@ same cache slot (infer/kv_cache.py). Each step picks one token per row: the argm
 temperature 0, else a draw from the softmax of logits / temperature after the top-k and top-p
 filters. A row stops at a stop token or after max_new_tokens; the batch stops when every row has.
 When the cache is full (block_size slots), each row's context is cropped to its last
-block_size // 2 tokens and prefilled again, so the model always sees a context that it could see
+block_size // 2 tokens and prefilled again, so the model always gets a context that it could get
 without a cache, and a token costs a full forward pass only once every block_size // 2 steps.
 Without the cache (--no-cache) every step runs the model on the last block_size tokens, as
 GPT.generate does. Both give the tokens of the uncached model on the same context, up to

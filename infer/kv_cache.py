@@ -8,8 +8,8 @@
 Each layer owns k and v of shape (B, H, T_max, D), allocated in the constructor and never resized.
 A forward pass writes its new keys and values at slots [length, length + T) and attends to slots
 [0, length + T). A batch of prompts of different lengths is left-padded to a common length, so
-every row's newest token sits in the same slot; `pad[b]` counts row b's padding slots, which no
-query may attend to, and row b's position ids start at 0 at its first real token, so a padded row
+every row's newest token sits in the same slot. `pad[b]` counts row b's padding slots, which no
+query may attend to. Row b's position ids start at 0 at its first real token, so a padded row
 computes what the same prompt computes alone. The cache does not crop: when it is full, the caller
 starts again from a shorter context (infer/generate.py keeps the last half of the block).
 """
@@ -59,7 +59,7 @@ class KVCache:
     def attention_mask(self, T: int) -> torch.Tensor | None:
         """(B, 1, T, length + T), True where the query of new slot i may attend to key slot j, or None for all.
 
-        Causal (j <= length + i) and not padding (j >= pad[b]). A query also always sees its own
+        Causal (j <= length + i) and not padding (j >= pad[b]). A query may also always attend to its own
         slot, so the query of a padding slot has one key and a finite softmax; its output is never used.
         One decoding step without padding may attend everywhere, and None lets attention skip the mask.
         Every layer of a forward pass asks for the same mask, so it is built once per (length, T).

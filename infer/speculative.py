@@ -7,7 +7,7 @@
 Each round the draft model proposes `num_draft` tokens one at a time, with its own KV cache. The
 target model then runs once over the last accepted token and the proposals, which gives its
 distribution p at every proposed position plus one more. Proposal x drawn from the draft's q is
-accepted with probability min(1, p(x) / q(x)); at the first rejection the token is drawn instead
+accepted with probability min(1, p(x) / q(x)). At the first rejection the token is drawn instead
 from the residual max(0, p - q), normalised, and the round ends. When every proposal is accepted,
 one more token comes from the target's distribution after the last one. This accept/resample
 rule makes every emitted token follow the target's distribution exactly, whatever the draft

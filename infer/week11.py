@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from charlm import train as charlm_train
-from common.checkpoint import load_checkpoint, load_model_state
 from common.errors import UserError, run_cli
-from common.report import machine_description, markdown_table, report_dir
+from common.report import machine_description, markdown_table, plural, report_dir
 from infer import bench
 from infer.generate import generate
 from infer.speculative import speculative_generate
-from lm.model import GPT, GPTConfig
+from lm.model import GPT
+from lm.runs import open_run
 from lm.tokens import load_tokenizer, read_split
 
 def parse_args(argv):
@@ -68,13 +68,6 @@ def find_target_run(args, out: Path) -> tuple[Path, str]:
     return result["run_dir"], "trained here"
 
 
-def load_run_model(run_dir: Path) -> GPT:
-    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    model = GPT(GPTConfig(**state["model_config"]))
-    load_model_state(model, state["model"], str(run_dir))
-    return model.eval()
-
-
 def time_per_forward(model: GPT, context: list[int], n: int = 50) -> float:
     """Median seconds of one cached single-token forward pass after `context`."""
     from infer.kv_cache import KVCache
@@ -101,7 +94,7 @@ def speculative_experiment(args, out: Path) -> dict:
         f"--train.max_iters={n}", f"--train.lr_decay_iters={n}", f"--train.warmup_iters={max(1, n // 20)}",
         "--train.lr=0.003", "--train.min_lr=0.0003", f"--train.eval_interval={n}", f"--train.log_interval={max(1, n // 5)}",
     ])["run_dir"]
-    target, draft = load_run_model(target_run), load_run_model(draft_run)
+    target, draft = open_run(target_run).model, open_run(draft_run).model
     tokenizer = load_tokenizer(args.data_dir)
     val = torch.from_numpy(read_split(args.data_dir, "val")[0].astype("int64"))
     prompts = [val[start : start + 32].tolist() for start in (0, 20_000, 40_000, 60_000)]  # 32-character val prompts
@@ -142,10 +135,6 @@ def speculative_experiment(args, out: Path) -> dict:
             "target_forward_ms": 1000 * time_per_forward(target, context),
             "draft_forward_ms": 1000 * time_per_forward(draft, context),
             "rows": rows, "sample": tokenizer.decode(prompts[0] + sample.tokens)}
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def write_notes(args, out: Path, results: dict, spec: dict) -> None:
@@ -250,11 +239,7 @@ def main(argv) -> None:
         print("=== week11: benchmarks", flush=True)
         results = bench.run_parts(["cache", "hf", "memory"], args.repeats, args.new_tokens, args.hf_new_tokens, [1, 8],
                                   args.lengths)
-        (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-        header = (f"# Inference benchmarks\n\nMachine: {results['machine']}; {results['threads']} torch threads; "
-                  f"median of {args.repeats} alternating measurements per side.\n")
-        (out / "bench.md").write_text("\n".join([header, *bench.report_tables(results)]))
-        bench.plot(results, out)
+        bench.write_report(results, out)
         spec = speculative_experiment(args, out)
         (out / "speculative.json").write_text(json.dumps(spec, indent=2) + "\n")
         write_notes(args, out, results, spec)

@@ -147,7 +147,7 @@ class GPT(nn.Module):
         """Return logits (B, T, V) and, with targets, the mean cross-entropy over targets != -100.
 
         For inference, `cache` (an infer.kv_cache.KVCache) supplies the keys and values of earlier
-        slots and stores the new ones; positions (T,) or (B, T) default to 0..T-1 without a cache
+        slots and stores the new ones. positions (T,) or (B, T) default to 0..T-1 without a cache
         and to the cache's per-row positions with one. last_logits_only computes the LM head for
         the last position only, (B, 1, V), which is all that decoding needs.
         """

@@ -13,7 +13,7 @@ the next. The batch is global: it is split over ranks and accumulation micro-ste
 step is the sum over its tokens divided by the tokens of the whole step, so accumulation and
 DDP give the gradient of one large batch. The LR warms up linearly, then follows a cosine to
 min_lr at lr_decay_iters. Every eval_interval iterations the mean loss over eval_iters random
-batches of train and val is logged and a checkpoint saved; the run directory, resume and DDP
+batches of train and val is logged and a checkpoint saved. The run directory, resume and DDP
 behave as in mnist/train.py. charlm/train.py is this loop with character data as defaults.
 """
 
@@ -104,6 +104,12 @@ class Config:
 
 METRIC_COLUMNS = ["step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "ms_per_step", "peak_mem_mb", "mfu", "elapsed_s"]
 TIMING_COLUMNS = ["tokens_per_s", "ms_per_step", "peak_mem_mb", "mfu", "elapsed_s"]
+
+
+def short_run_overrides(iters: int) -> list[str]:
+    """Return the overrides that shrink a config to `iters` iterations with a whole schedule (for smoke runs)."""
+    return [f"--train.max_iters={iters}", f"--train.lr_decay_iters={iters}", f"--train.warmup_iters={max(1, iters // 10)}",
+            f"--train.eval_interval={iters}", f"--train.log_interval={max(1, iters // 3)}"]
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

@@ -129,7 +129,7 @@ def write_notes(args, out: Path, report: dict, char_runs: list[dict]) -> None:
 ## Hypothesis
 
 A 4,096-token BPE vocabulary packs about 3 to 4 characters into a token, so the same GPT with
-the same 64-position context sees 3 to 4 times more text per prediction than the character
+the same 64-position context covers 3 to 4 times more text per prediction than the character
 model of week 4, and should predict the text with fewer bits per byte for a similar training
 time. Our BPE trainer with incremental pair counts should train the vocabulary within 10 s, and
 encoding through tiktoken with our ranks should be one to two orders of magnitude faster than
@@ -170,8 +170,8 @@ Samples are in `samples.md`.
 - Perplexity per token is not comparable across tokenizers (a BPE token carries several
   characters); bits per byte is, which is why the table uses it.
 - A 4,096-entry vocabulary on a 1 MB corpus leaves many tokens with only a handful of training
-  occurrences, and the 4,096-wide head costs as much time per token as the four blocks; both
-  weigh less on a larger corpus and a larger model.
+  occurrences, and the 4,096-wide head costs as much time per token as the four blocks. Both
+  costs weigh less on a larger corpus and a larger model.
 
 ## Next step
 
@@ -196,11 +196,7 @@ def main(argv) -> None:
                        val_split="last", workers=2)
 
         print(f"=== week05 3/5: training {args.config}", flush=True)
-        overrides = []
-        if args.max_iters:
-            n = args.max_iters
-            overrides = [f"--train.max_iters={n}", f"--train.lr_decay_iters={n}", f"--train.warmup_iters={max(1, n // 10)}",
-                         f"--train.eval_interval={n}", f"--train.log_interval={max(1, n // 3)}"]
+        overrides = lm_train.short_run_overrides(args.max_iters) if args.max_iters else []
         result = lm_train.main(["--config", args.config, f"--data.dir={out / 'data'}", f"--run.results_dir={out / 'runs'}",
                                 *overrides])
         run_dir = result["run_dir"]

@@ -1,4 +1,4 @@
-"""infer/bench.py: our cached generation gives transformers' tokens; the memory probe sees the (L, L) matrix."""
+"""infer/bench.py: our cached generation gives transformers' tokens; the memory probe detects the (L, L) matrix."""
 
 import json
 

@@ -69,7 +69,7 @@ def test_generation_past_block_size_uses_cropped_context(attention):
             sequence = row_prompt + result.tokens[row][:step]
             start = record["starts"][row]
             starts_seen.add(start)
-            assert len(sequence) - start <= 16  # the model never sees more than block_size tokens
+            assert len(sequence) - start <= 16  # the model never gets more than block_size tokens
             torch.testing.assert_close(record["logits"][row], uncached_last_logits(model, sequence[start:]), atol=ATOL, rtol=0)
     assert max(starts_seen) > 0  # the context was cropped at least once
 

@@ -36,7 +36,7 @@ TINY = ["lm/train.py", "--model.n_layer=2", "--model.n_embd=32", "--model.n_head
         "--model.attention=sdpa", "--system.device=cpu"]
 
 
-def test_windows_stay_inside_one_file_and_cover_all_starts():
+def test_get_batch_windows_within_files():
     files = [np.arange(0, 10, dtype="<u2"), np.arange(100, 105, dtype="<u2")]
     generator = torch.Generator().manual_seed(0)
     x, y = get_batch(files, 9000, 2, generator, torch.device("cpu"))

@@ -127,7 +127,8 @@ def test_week05_writes_report(tmp_path):
     assert summary["eval"]["tokens"] == 399
     notes = (out / "notes.md").read_text()
     assert f"**{summary['eval']['bits_per_byte']:.3f} bits per byte**" in notes
-    assert "characters, cpu_1" in notes and "2.500" in notes
+    assert "characters, cpu_1" in notes
+    assert "2.500" in notes
 
 
 def test_week11_writes_report(tmp_path):
